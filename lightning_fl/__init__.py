@@ -1,0 +1,12 @@
+"""lightning_fl: federated and parameter-server training as PyTorch Lightning strategies.
+
+``import lightning_fl`` registers ``Trainer(strategy="fedavg")`` (and ``"fedavg_spawn"``, ``"fedavg_fork"``).
+Importing it pulls in torch and Lightning but never Hydra: only ``lightning_fl.cli`` knows Hydra.
+"""
+
+from lightning_fl.errors import FederatedConfigError
+from lightning_fl.strategies import FedAvgStrategy
+
+__version__ = "0.1.0"
+
+__all__ = ["FedAvgStrategy", "FederatedConfigError", "__version__"]

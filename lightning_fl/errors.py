@@ -1,0 +1,13 @@
+"""Error types shared by the package (no heavy imports)."""
+
+from __future__ import annotations
+
+
+class FederatedConfigError(ValueError):
+    """A setting is invalid. The message is one line and names the setting as the config does."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`FederatedConfigError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise FederatedConfigError(message)

@@ -1,0 +1,65 @@
+"""A module's state seen as flat vectors: what the server averages and what clients start from.
+
+Float parameters *and* float buffers (BatchNorm running statistics) are averaged. Integer buffers
+(BatchNorm's ``num_batches_tracked``) have no meaningful mean: the server keeps their element-wise
+maximum over the round's clients, so a step counter keeps counting like the longest-trained client.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FlatModelState:
+    def __init__(self, module: nn.Module) -> None:
+        params = list(module.parameters())
+        buffers = list(module.buffers())
+        self.float_tensors: list[torch.Tensor] = params + [b for b in buffers if b.is_floating_point()]
+        self.int_tensors: list[torch.Tensor] = [b for b in buffers if not b.is_floating_point()]
+        self.numel = sum(t.numel() for t in self.float_tensors)
+        self.int_numel = sum(t.numel() for t in self.int_tensors)
+        widest = torch.float64 if any(t.dtype == torch.float64 for t in self.float_tensors) else torch.float32
+        self.dtype = widest
+        self.device = self.float_tensors[0].device if self.float_tensors else torch.device("cpu")
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.finfo(self.dtype).bits // 8 + self.int_numel * 8
+
+    def pack(self) -> torch.Tensor:
+        """A new flat copy of the float state."""
+        if not self.float_tensors:
+            return torch.zeros(0, dtype=self.dtype, device=self.device)
+        return torch.cat([t.detach().reshape(-1).to(self.dtype) for t in self.float_tensors])
+
+    def pack_ints(self) -> torch.Tensor:
+        if not self.int_tensors:
+            return torch.zeros(0, dtype=torch.long, device=self.device)
+        return torch.cat([t.detach().reshape(-1).long() for t in self.int_tensors])
+
+    @torch.no_grad()
+    def unpack(self, flat: torch.Tensor) -> None:
+        """Write ``flat`` into the module's float tensors."""
+        offset = 0
+        for t in self.float_tensors:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t))
+            offset += n
+
+    @torch.no_grad()
+    def unpack_ints(self, flat: torch.Tensor) -> None:
+        offset = 0
+        for t in self.int_tensors:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].view_as(t))
+            offset += n
+
+    @torch.no_grad()
+    def max_ints_into(self, out: torch.Tensor) -> None:
+        """``out = max(out, integer buffers)`` element-wise."""
+        offset = 0
+        for t in self.int_tensors:
+            n = t.numel()
+            torch.maximum(out[offset : offset + n], t.reshape(-1).long(), out=out[offset : offset + n])
+            offset += n

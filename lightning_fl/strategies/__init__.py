@@ -1,0 +1,9 @@
+"""Lightning strategies. Importing this module registers their names with Lightning's StrategyRegistry."""
+
+from lightning.pytorch.strategies import StrategyRegistry
+
+from lightning_fl.strategies.fedavg import FedAvgStrategy
+
+FedAvgStrategy.register_strategies(StrategyRegistry)
+
+__all__ = ["FedAvgStrategy"]

@@ -1,0 +1,56 @@
+"""Train TinyModule with the fedavg strategy and save the final global state (rank 0).
+
+Run as a script so Lightning's popen launcher can start the other ranks by re-running it.
+Usage: python run_fedavg.py OUT.pt DEVICES [json-encoded strategy kwargs] [json-encoded options]
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+import lightning_fl  # noqa: E402,F401
+from fl_testing import TinyData, seeded_module  # noqa: E402
+
+
+def main() -> None:
+    out, devices = sys.argv[1], int(sys.argv[2])
+    strategy_kwargs = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    module = seeded_module(**options.get("module", {}))
+    data = TinyData(**options.get("data", {}))
+    strategy = lightning_fl.FedAvgStrategy(**strategy_kwargs)
+    trainer = L.Trainer(
+        strategy=strategy,
+        accelerator="cpu",
+        devices=devices,
+        max_epochs=options.get("rounds", 3),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, data)
+    # Every rank must hold the same global model: compare against rank 0's.
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    flat = torch.cat([v.double().flatten() for v in state.values()])
+    gathered = [torch.zeros_like(flat) for _ in range(trainer.world_size)]
+    if trainer.world_size > 1:
+        torch.distributed.all_gather(gathered, flat)
+    else:
+        gathered = [flat]
+    if trainer.global_rank == 0:
+        spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        lrs = [trainer.optimizers[0].param_groups[0]["lr"]]
+        torch.save({"state": state, "rank_spread": spread, "metrics": metrics, "lr": lrs,
+                    "world_size": trainer.world_size}, out)
+
+
+if __name__ == "__main__":
+    main()
