@@ -61,12 +61,28 @@ class TinyModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, self.gamma)}
 
 
+SILO_SIZES = (60, 36)
+
+
+def silo_dataset(rank: int) -> TensorDataset:
+    """The private training set of silo ``rank`` (different sizes per silo)."""
+    return make_dataset(SILO_SIZES[rank], split=10 + rank)
+
+
 class TinyData(L.LightningDataModule):
-    def __init__(self, n: int = 240, batch_size: int = 8, drop_last: bool = False, seed: int = 0):
+    """``silo=True``: each process loads only its own silo's data, as a node in a cross-silo run would."""
+
+    def __init__(
+        self, n: int = 240, batch_size: int = 8, drop_last: bool = False, seed: int = 0, silo: bool = False
+    ):
         super().__init__()
         self.train_set = make_dataset(n, seed=seed)
         self.val_set = make_dataset(96, seed=seed, split=1)
-        self.batch_size, self.drop_last = batch_size, drop_last
+        self.batch_size, self.drop_last, self.silo = batch_size, drop_last, silo
+
+    def setup(self, stage: str) -> None:
+        if self.silo:
+            self.train_set = silo_dataset(self.trainer.global_rank)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=self.drop_last)
@@ -96,11 +112,12 @@ def reference_fedavg(
     momentum: float = 0.0,
     drop_last: bool = False,
     server_step: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None] | None = None,
+    partition_obj: Any = None,
 ) -> nn.Module:
     """FedAvg written out by hand. It reuses only the package's documented pure draws (partition, client
     sample, shuffle order, per-client seed) so both runs see the same clients, batches and RNG."""
     x, y = dataset.tensors
-    part = make_partition(partition, len(y), num_clients, seed, labels=y, alpha=alpha)
+    part = partition_obj or make_partition(partition, len(y), num_clients, seed, labels=y, alpha=alpha)
     global_state = {k: v.clone() for k, v in net.state_dict().items()}
     for r in range(rounds):
         lr_r = lr * (gamma**r if gamma is not None else 1.0)
@@ -149,5 +166,67 @@ def seeded_module(seed: int = 1, **kwargs: Any) -> TinyModule:
     return TinyModule(**kwargs)
 
 
-def clients_sizes(sizes: Sequence[int]) -> bool:
-    return len(set(sizes)) > 1
+def fedavgm_server(lr: float, momentum: float) -> Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None]:
+    """Server SGD with momentum on the pseudo-gradient, written out: v = m v + (g - avg); g -= lr v."""
+    velocity: dict[str, torch.Tensor] = {}
+
+    def step(global_state: dict[str, torch.Tensor], average: dict[str, torch.Tensor]) -> None:
+        for k, avg in average.items():
+            delta = global_state[k] - avg
+            velocity[k] = momentum * velocity[k] + delta if k in velocity else delta.clone()
+            global_state[k] = global_state[k] - lr * velocity[k]
+
+    return step
+
+
+_DIST_ENV = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"}
+
+
+def run_script(tmp_path: Any, devices: int, strategy: dict, options: dict | None = None) -> dict:
+    """Run tests/scripts/run_fedavg.py (Lightning's popen launcher starts the other ranks)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = os.path.join(str(tmp_path), f"result_{devices}_{abs(hash(json.dumps([strategy, options])))}.pt")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_fedavg.py")
+    # An in-process fit earlier in this pytest run leaves MASTER_PORT etc. in os.environ.
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    proc = subprocess.run(
+        [sys.executable, script, out, str(devices), json.dumps(strategy), json.dumps(options or {})],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(out)
+
+
+def net_state(result_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("net.") :]: v for k, v in result_state.items() if k.startswith("net.")}
+
+
+def fit_in_process(
+    strategy: Any,
+    module: L.LightningModule,
+    data: L.LightningDataModule,
+    rounds: int,
+    **trainer_kwargs: Any,
+) -> L.Trainer:
+    """One-process fit with quiet defaults (devices=1 needs no launcher, so it runs inside pytest)."""
+    kwargs: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=rounds,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    kwargs.update(trainer_kwargs)
+    trainer = L.Trainer(strategy=strategy, **kwargs)
+    trainer.fit(module, data)
+    return trainer

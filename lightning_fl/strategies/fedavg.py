@@ -74,7 +74,8 @@ class FedAvgStrategy(DDPStrategy):
             ``functools.partial(torch.optim.SGD, lr=1.0, momentum=0.9)`` for FedAvgM.
         skip_nonfinite_updates: drop a client whose weights hold NaN/inf after training (reported as
             ``fl/rejected_clients``) instead of failing the run. The global model is never corrupted.
-        timeout: collective timeout; a dead rank ends the job after this long instead of hanging.
+        timeout: collective timeout (a ``timedelta`` or seconds); a dead rank ends the job after this
+            long instead of hanging.
 
     The remaining arguments are those of :class:`~lightning.pytorch.strategies.DDPStrategy`.
     """
@@ -98,7 +99,7 @@ class FedAvgStrategy(DDPStrategy):
         checkpoint_io: Optional[CheckpointIO] = None,
         precision_plugin: Optional[Precision] = None,
         process_group_backend: Optional[str] = None,
-        timeout: Optional[timedelta] = default_pg_timeout,
+        timeout: Optional[timedelta | float] = default_pg_timeout,
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
     ) -> None:
         check(partition in PARTITIONS, f"partition must be one of {', '.join(PARTITIONS)}; got '{partition}'")
@@ -126,6 +127,9 @@ class FedAvgStrategy(DDPStrategy):
             server_optimizer is None or callable(server_optimizer),
             "server_optimizer must be None or a callable that builds a torch.optim.Optimizer from parameters",
         )
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+            check(timeout > 0, f"timeout must be > 0 seconds, got {timeout}")
+            timeout = timedelta(seconds=float(timeout))
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -158,6 +162,7 @@ class FedAvgStrategy(DDPStrategy):
         self._padding = False
         self._in_round = False
         self._pending_state: Optional[dict[str, Any]] = None
+        self._checked_step_logging = False
         self.round_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ settings
@@ -220,6 +225,20 @@ class FedAvgStrategy(DDPStrategy):
                 f"val_check_interval={trainer.val_check_interval} would validate a client's local model "
                 f"mid-round with strategy='{name}'; validate per round with check_val_every_n_epoch"
             )
+        processes = len(self.parallel_devices or [None]) * self.num_nodes
+        if processes > 1:
+            # Every process must run the module's training_step at least once per round: epoch-level
+            # synced metrics (sync_dist=True, torchmetrics) make collectives that all ranks must join.
+            if self.is_silo and self.clients_per_round not in (None, processes):
+                raise FederatedConfigError(
+                    f"partition='silo' trains every silo each round: clients_per_round={self.clients_per_round} "
+                    f"must be unset or equal the {processes} processes"
+                )
+            if not self.is_silo and self.sampled_per_round < processes:
+                raise FederatedConfigError(
+                    f"clients_per_round={self.sampled_per_round} is smaller than the {processes} processes: "
+                    "every process needs at least one client per round; use fewer devices or sample more clients"
+                )
         if self._layer_sync is not None:
             raise FederatedConfigError(
                 f"sync_batchnorm=True syncs BatchNorm across processes on every forward, but with "
@@ -334,7 +353,14 @@ class FedAvgStrategy(DDPStrategy):
             sizes = [all_sizes[c] for c in sampled]
             owners = None
         steps = [num_client_batches(n, batch_size, self.local_epochs, drop_last) for n in sizes]
-        return plan_round(round_idx, sampled, sizes, steps, self.world_size, self.global_rank, owners)
+        plan = plan_round(round_idx, sampled, sizes, steps, self.world_size, self.global_rank, owners)
+        if plan.local_steps == 0:
+            # Deterministic on every rank, so all ranks stop here together instead of hanging later.
+            raise FederatedConfigError(
+                f"round {round_idx}: process {self.global_rank} got no client with a full batch (batch_size="
+                f"{batch_size}, drop_last={drop_last}, client sizes {sizes}); lower the batch size or drop_last"
+            )
+        return plan
 
     def _silo_sizes(self, local_size: int) -> list[int]:
         if self.world_size == 1:
@@ -392,11 +418,28 @@ class FedAvgStrategy(DDPStrategy):
     def _after_step(self) -> None:
         plan = self._plan
         assert plan is not None
+        if not self._checked_step_logging:
+            self._check_step_logging()
         job = plan.ends_at.get(self._step)
         if job is not None:
             self._end_client(plan, job)
         if self._step == plan.num_steps - 1:
             self._end_round(plan)
+
+    def _check_step_logging(self) -> None:
+        """Fail fast on per-step synced logging: ranks run different numbers of real steps per round."""
+        self._checked_step_logging = True
+        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        if self.world_size == 1:
+            return
+        for key, result in trainer._results.items():
+            meta = getattr(result, "meta", None)
+            if meta is not None and meta.on_step and meta.sync.should and meta.fx == "training_step":
+                raise FederatedConfigError(
+                    f"training_step logs '{meta.name}' with sync_dist=True on every step; with strategy="
+                    f"'{type(self).strategy_name}' processes train different clients for different numbers of "
+                    "steps, so per-step collectives cannot line up: log it with on_step=False or sync_dist=False"
+                )
 
     def _begin_round(self, plan: RoundPlan) -> None:
         assert self._sum is not None and self._int_max is not None and self._global is not None

@@ -23,6 +23,11 @@ def main() -> None:
     options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     module = seeded_module(**options.get("module", {}))
     data = TinyData(**options.get("data", {}))
+    server = options.get("server")
+    if server is not None:
+        import functools
+
+        strategy_kwargs["server_optimizer"] = functools.partial(torch.optim.SGD, **server)
     strategy = lightning_fl.FedAvgStrategy(**strategy_kwargs)
     trainer = L.Trainer(
         strategy=strategy,

@@ -1,0 +1,164 @@
+"""Helpers shared by the benchmark scripts: data, model, output (table, JSON, optional plot).
+
+Kept free of the package's CLI and config so the benchmarks measure the strategy, not the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
+MNIST_TRAIN_SIZE = 60_000
+
+
+def add_common_args(parser: Any) -> None:
+    """Arguments every benchmark takes (argparse parser)."""
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"MNIST npz (default: {DEFAULT_DATA})")
+    parser.add_argument("--synthetic", action="store_true", help="random MNIST-shaped data; no file needed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--png", type=Path, default=None, metavar="PATH", help="plot (needs matplotlib)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for everything measured (0: torch's default); 1 avoids OpenMP "
+        "spin-wait blow-ups when other processes share the cores",
+    )
+
+
+def apply_threads(threads: int) -> None:
+    """Set the thread count once, before any timed work, so every side of a comparison gets the same."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+        # Lightning's launcher resets the thread count inside fit() unless OMP_NUM_THREADS is set.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def check_data(data: Path, synthetic: bool) -> None:
+    """Exit with one line naming --data when the MNIST file is missing (before any slow work)."""
+    if not synthetic and not Path(data).is_file():
+        sys.exit(f"error: --data: no MNIST file at '{data}'; pass --data PATH to an mnist.npz, or use --synthetic")
+
+
+def load_mnist_train(data: Path, synthetic: bool, subset: Optional[int] = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The first ``subset`` MNIST training images as float32 (N, 1, 28, 28) in [0, 1] and int64 labels.
+
+    Same scaling as ``MNISTDataModule``. Synthetic data has the same shapes and dtypes; only the
+    samples actually used are generated, so smoke runs stay cheap.
+    """
+    check_data(data, synthetic)
+    n = MNIST_TRAIN_SIZE if subset is None else min(int(subset), MNIST_TRAIN_SIZE)
+    if synthetic:
+        g = torch.Generator().manual_seed(seed)
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 10, (n,), dtype=torch.int64, generator=g)
+    else:
+        with np.load(data, allow_pickle=False) as npz:
+            # Slice before converting: the float copy is 4x the uint8 one.
+            images = torch.from_numpy(np.ascontiguousarray(npz["x_train"][:n]))
+            labels = torch.from_numpy(np.ascontiguousarray(npz["y_train"][:n])).to(torch.int64)
+    return images.to(torch.float32).unsqueeze(1) / 255.0, labels
+
+
+def make_minimal_module(lr: float) -> Any:
+    """A LightningModule that is McMahanCNN + cross-entropy + SGD and nothing else (no metrics, no logging).
+
+    It does exactly what the plain loop does per step, so any time difference is framework overhead.
+    """
+    import lightning as L
+
+    from lightning_fl.models import McMahanCNN
+
+    class MinimalCNN(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = McMahanCNN(1, 10, 28)
+
+        def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    return MinimalCNN()
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A fixed-width text table; floats get 4 significant digits, columns are right-aligned."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join([line, rule, *body])
+
+
+def write_json(path: Optional[Path], payload: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+
+
+def plot_lines(
+    path: Optional[Path],
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+) -> None:
+    """Plot ``{label: (xs, ys)}`` to ``path``; matplotlib is optional, so without it only a note is printed."""
+    if path is None:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on benchmark machines
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib is not installed; skipped the plot {path}")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), marker="o", label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")

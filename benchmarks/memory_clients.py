@@ -1,0 +1,224 @@
+"""Peak RSS of one process simulating N federated clients, for N = 10, 100, 1000 on the same data.
+
+Every N trains in a fresh subprocess (peak RSS never goes down, so runs must not share a process):
+``FedAvgStrategy(num_clients=N, clients_per_round=min(10, N))`` with McMahanCNN on the first 6,000 MNIST
+training images, E=1, B=10, 2 rounds, IID partition. The child reports ``ru_maxrss`` as JSON on its
+last stdout line. The target is that 1,000 clients cost at most 1.2x the memory of 10 clients, i.e.
+per-client state is O(1) (the partition is one permutation plus offsets; aggregation is a running sum).
+
+    python benchmarks/memory_clients.py
+    python benchmarks/memory_clients.py --quick --synthetic --json /tmp/memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run as a script from anywhere
+
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    add_common_args,
+    apply_threads,
+    check_data,
+    format_table,
+    load_mnist_train,
+    plot_lines,
+    write_json,
+)
+
+TARGET_RATIO = 1.2
+
+
+def peak_rss_mib() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000], help="values of N to measure")
+    p.add_argument("--train-subset", type=int, default=6000, help="first n MNIST training images, shared by all N")
+    p.add_argument("--per-round", type=int, default=10, help="clients per round (capped at N)")
+    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--quick", action="store_true", help="N in (10, 100), 200 images, 1 round")
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # internal: train N clients, report
+    add_common_args(p)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.clients, args.train_subset, args.rounds = [10, 100], 200, 1
+    if args.rounds < 1 or min(args.clients) < 1 or max(args.clients) > args.train_subset:
+        p.error("need --rounds >= 1 and 1 <= every --clients value <= --train-subset (each client needs data)")
+    return args
+
+
+def child(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
+    """Train ``num_clients`` simulated clients in this process and report its peak RSS."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_fl import FedAvgStrategy
+    from lightning_fl.models import ImageClassifier
+
+    apply_threads(args.threads)
+    x, y = load_mnist_train(args.data, args.synthetic, args.train_subset, args.seed)
+    torch.manual_seed(args.seed)
+    module = ImageClassifier(arch="mcmahan_cnn", in_shape=(1, 28, 28), lr=args.lr)
+    before_fit = peak_rss_mib()  # imports + data + model: identical for every N
+    strategy = FedAvgStrategy(
+        num_clients=num_clients,
+        clients_per_round=min(args.per_round, num_clients),
+        local_epochs=args.local_epochs,
+        partition="iid",
+        seed=args.seed,
+    )
+    trainer = L.Trainer(
+        strategy=strategy,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=args.rounds,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        trainer.fit(module, train_dataloaders=loader)
+    return {
+        "clients": num_clients,
+        "peak_rss_mib": peak_rss_mib(),
+        "before_fit_rss_mib": before_fit,
+        "rounds_done": trainer.current_epoch,
+        "train_samples": len(y),
+    }
+
+
+def child_command(args: argparse.Namespace, num_clients: int) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        str(num_clients),
+        "--train-subset",
+        str(args.train_subset),
+        "--per-round",
+        str(args.per_round),
+        "--local-epochs",
+        str(args.local_epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--rounds",
+        str(args.rounds),
+        "--lr",
+        repr(args.lr),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+        "--data",
+        str(args.data),
+        "--clients",
+        str(num_clients),
+    ]
+    if args.synthetic:
+        cmd.append("--synthetic")
+    return cmd
+
+
+def measure(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
+    proc = subprocess.run(child_command(args, num_clients), cwd=REPO_ROOT, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
+        sys.exit(f"error: the run with {num_clients} clients failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    check_data(args.data, args.synthetic)
+    if args.child is not None:
+        print(json.dumps(child(args, args.child)), flush=True)  # last stdout line: read by the parent
+        return 0
+
+    results = []
+    for n in sorted(set(args.clients)):
+        r = measure(args, n)
+        print(f"N={n}: peak RSS {r['peak_rss_mib']:.1f} MiB (before fit {r['before_fit_rss_mib']:.1f} MiB)", flush=True)
+        results.append(r)
+    base = results[0]["peak_rss_mib"]
+    for r in results:
+        r["ratio"] = r["peak_rss_mib"] / base
+        r["fit_increment_mib"] = r["peak_rss_mib"] - r["before_fit_rss_mib"]
+    worst = results[-1]["ratio"]  # largest N vs smallest N
+    passed = worst <= TARGET_RATIO
+    payload = {
+        "benchmark": "memory_clients",
+        "config": {
+            "train_subset": args.train_subset,
+            "per_round": args.per_round,
+            "local_epochs": args.local_epochs,
+            "batch_size": args.batch_size,
+            "rounds": args.rounds,
+            "lr": args.lr,
+            "seed": args.seed,
+            "threads": args.threads,
+            "synthetic": bool(args.synthetic),
+            "partition": "iid",
+            "model": "ImageClassifier(mcmahan_cnn)",
+        },
+        "results": results,
+        "ratio_largest_vs_smallest": worst,
+        "target_ratio": TARGET_RATIO,
+        "passed": passed,
+    }
+    write_json(args.json, payload)
+    plot_lines(
+        args.png,
+        {"peak RSS": ([r["clients"] for r in results], [r["peak_rss_mib"] for r in results])},
+        "simulated clients N",
+        "peak RSS (MiB)",
+        "Peak memory vs number of simulated clients",
+        logx=True,
+    )
+    print(
+        f"\nratio {results[-1]['clients']} vs {results[0]['clients']} clients: {worst:.3f} "
+        f"(target <= {TARGET_RATIO}) -> {'PASS' if passed else 'MISS'}"
+    )
+    print(
+        format_table(
+            ["clients", "peak RSS MiB", "before fit MiB", "fit incr. MiB", "ratio vs smallest", "target", "result"],
+            [
+                [
+                    r["clients"],
+                    r["peak_rss_mib"],
+                    r["before_fit_rss_mib"],
+                    r["fit_increment_mib"],
+                    r["ratio"],
+                    f"<= {TARGET_RATIO:.2f}",
+                    "PASS" if r["ratio"] <= TARGET_RATIO else "MISS",
+                ]
+                for r in results
+            ],
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

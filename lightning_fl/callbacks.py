@@ -1,0 +1,62 @@
+"""Callbacks that make federated rounds visible."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+
+class RoundSummary(Callback):
+    """Prints one line per round (rank 0): round, clients, samples, chosen metrics, seconds, bytes."""
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = ("train_loss", "val_loss", "val_acc"),
+        print_fn: Optional[Callable[[str], None]] = None,
+    ) -> None:
+        self.metrics = tuple(metrics)
+        self.print_fn = print_fn
+        self._start = 0.0
+        self.lines: list[str] = []
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._start
+        metrics = trainer.callback_metrics
+        stats: dict[str, float] = getattr(trainer.strategy, "round_stats", {}) or {}
+        parts = [f"round {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        if stats:
+            parts.append(f"clients {int(stats['fl/clients'])} ({int(stats['fl/samples'])} samples)")
+            if stats.get("fl/rejected_clients"):
+                parts.append(f"rejected {int(stats['fl/rejected_clients'])}")
+        parts += [f"{name} {float(metrics[name]):.4f}" for name in self.metrics if name in metrics]
+        parts.append(f"{seconds:.2f} s")
+        if stats:
+            parts.append(f"comm {stats['fl/comm_bytes'] / 1e6:.2f} MB/rank")
+        line = " | ".join(parts)
+        self.lines.append(line)
+        self._emit(trainer, line)
+
+    def _emit(self, trainer: Trainer, line: str) -> None:
+        if self.print_fn is not None:
+            self.print_fn(line)
+        elif trainer.progress_bar_callback is not None:
+            trainer.progress_bar_callback.print(line)  # does not tear the progress bar
+        else:
+            print(line, flush=True)
+
+
+class RoundProgressBar(TQDMProgressBar):
+    """TQDM progress bar that counts rounds ("Round 3/10") instead of epochs."""
+
+    def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Round {trainer.current_epoch + 1}/{trainer.max_epochs}")
