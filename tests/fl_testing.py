@@ -37,16 +37,25 @@ def make_net(dim: int = 6, classes: int = 3, batchnorm: bool = True) -> nn.Modul
 class TinyModule(L.LightningModule):
     """An ordinary LightningModule: torchmetrics accuracy, SGD and an optional per-epoch ExponentialLR."""
 
-    def __init__(self, lr: float = 0.1, gamma: float | None = None, momentum: float = 0.0, batchnorm: bool = True):
+    def __init__(
+        self,
+        lr: float = 0.1,
+        gamma: float | None = None,
+        momentum: float = 0.0,
+        batchnorm: bool = True,
+        sync_step_log: bool = False,
+    ):
         super().__init__()
         self.net = make_net(batchnorm=batchnorm)
-        self.lr, self.gamma, self.momentum = lr, gamma, momentum
+        self.lr, self.gamma, self.momentum, self.sync_step_log = lr, gamma, momentum, sync_step_log
         self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes=3, average="micro")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = nn.functional.cross_entropy(self.net(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True)
+        if self.sync_step_log:
+            self.log("step_loss", loss, on_step=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -213,6 +222,7 @@ def fit_in_process(
     module: L.LightningModule,
     data: L.LightningDataModule,
     rounds: int,
+    ckpt_path: str | None = None,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """One-process fit with quiet defaults (devices=1 needs no launcher, so it runs inside pytest)."""
@@ -228,5 +238,5 @@ def fit_in_process(
     )
     kwargs.update(trainer_kwargs)
     trainer = L.Trainer(strategy=strategy, **kwargs)
-    trainer.fit(module, data)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
     return trainer

@@ -160,9 +160,8 @@ def test_mnist_reads_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_mnist_missing_file_message(tmp_path: Path) -> None:
     missing = tmp_path / "nope.npz"
-    dm = MNISTDataModule(path=str(missing))  # the file is only read in setup
-    with pytest.raises(FileNotFoundError) as info:
-        dm.setup()
+    with pytest.raises(FileNotFoundError) as info:  # checked when the module is built, before any launch
+        MNISTDataModule(path=str(missing))
     msg = _one_line(info.value)
     assert msg == (
         f"data.path: no MNIST file at '{missing}' (expected an npz with x_train, y_train, x_test, y_test); "

@@ -84,6 +84,7 @@ def train(cfg: DictConfig) -> float | None:
     from lightning.pytorch.loggers import CSVLogger
 
     from lightning_fl.callbacks import RoundProgressBar, RoundSummary
+    from lightning_fl.errors import FederatedConfigError
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
@@ -93,7 +94,13 @@ def train(cfg: DictConfig) -> float | None:
         # popen re-runs the command line for ranks > 0, which a Hydra sweep cannot do (see docs/design.md).
         print("lightning-fl: multirun with several devices: using the spawn launcher", file=sys.stderr)
         strategy_cfg = OmegaConf.merge(strategy_cfg, {"start_method": "spawn"})
-    strategy = instantiate(strategy_cfg)
+    try:
+        strategy = instantiate(strategy_cfg)
+    except Exception as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        if isinstance(cause, FederatedConfigError):  # name the config key: strategy.<setting>
+            raise FederatedConfigError(f"strategy.{cause}") from None
+        raise
     output_dir = HydraConfig.get().runtime.output_dir
     callbacks: list[Any] = [RoundSummary(metrics=list(cfg.summary_metrics))]
     if cfg.trainer.enable_progress_bar:
@@ -112,8 +119,11 @@ def train(cfg: DictConfig) -> float | None:
         if results:
             metrics.update({k: float(v) for k, v in results[0].items()})
     if trainer.is_global_zero:
+        # With the spawn launcher the loop's progress stays in the children; the logged round comes back.
+        last_round = trainer.callback_metrics.get("fl/round")
+        rounds = int(last_round) + 1 if last_round is not None else trainer.current_epoch
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"lightning-fl: done after {trainer.current_epoch} rounds: {shown}; outputs in {output_dir}", flush=True)
+        print(f"lightning-fl: done after {rounds} rounds: {shown}; outputs in {output_dir}", flush=True)
     return metrics.get("val_acc")
 
 

@@ -16,6 +16,13 @@ from lightning_fl.errors import FederatedConfigError, check
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+def _missing_file(path: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"data.path: no MNIST file at '{path}' (expected an npz with x_train, y_train, x_test, y_test); "
+        "pass the path to mnist.npz or set data.download=true"
+    )
+
+
 def _to_tensors(
     images: Any, labels: Any, image_key: str, label_key: str, source: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +77,8 @@ class MNISTDataModule(LightningDataModule):
             path is not None or download,
             "data.path: no MNIST file given; set data.path to an mnist.npz or set data.download=true",
         )
+        if path is not None and not os.path.isfile(os.path.expanduser(path)):
+            raise _missing_file(path)  # fail now, before Lightning starts processes
         self.path = path
         self.batch_size = int(batch_size)
         self.download = bool(download)
@@ -104,10 +113,7 @@ class MNISTDataModule(LightningDataModule):
     def _npz_splits(path: str) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         file = os.path.expanduser(path)
         if not os.path.isfile(file):
-            raise FileNotFoundError(
-                f"data.path: no MNIST file at '{path}' (expected an npz with x_train, y_train, x_test, y_test); "
-                "pass the path to mnist.npz or set data.download=true"
-            )
+            raise _missing_file(path)
         try:
             loaded = np.load(file, allow_pickle=False)
         except (OSError, ValueError, zipfile.BadZipFile) as err:

@@ -28,7 +28,8 @@ def main() -> None:
         import functools
 
         strategy_kwargs["server_optimizer"] = functools.partial(torch.optim.SGD, **server)
-    strategy = lightning_fl.FedAvgStrategy(**strategy_kwargs)
+    # "by_name": use the registered name, e.g. Trainer(strategy="fedavg"), with its defaults
+    strategy = options.get("by_name") or lightning_fl.FedAvgStrategy(**strategy_kwargs)
     trainer = L.Trainer(
         strategy=strategy,
         accelerator="cpu",
@@ -40,7 +41,12 @@ def main() -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, data)
+    try:
+        trainer.fit(module, data)
+    except lightning_fl.FederatedConfigError as err:
+        if trainer.global_rank == 0:
+            torch.save({"error": str(err)}, out)
+        return
     # Every rank must hold the same global model: compare against rank 0's.
     state = {k: v.clone() for k, v in module.state_dict().items()}
     flat = torch.cat([v.double().flatten() for v in state.values()])
