@@ -71,6 +71,7 @@ class SeedCNN(nn.Module):
         super().__init__()
         check(image_size >= 6, f"model.in_shape: SeedCNN needs images of at least 6x6, got {image_size}")
         side = (image_size - 4) // 2
+        self.flat_features = side * side * 64
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, kernel_size=3),
             nn.ReLU(),
@@ -80,7 +81,7 @@ class SeedCNN(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(side * side * 64, 100),
+            nn.Linear(self.flat_features, 100),
             nn.ReLU(),
             nn.Linear(100, num_classes),
         )
