@@ -42,6 +42,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0), so a later ru_maxrss covers only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000], help="values of N to measure")
@@ -76,6 +86,9 @@ def child(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     module = ImageClassifier(arch="mcmahan_cnn", in_shape=(1, 28, 28), lr=args.lr)
     before_fit = peak_rss_mib()  # imports + data + model: identical for every N
+    # With the high-water mark reset, the peak after fit() is the peak *during* fit(): the part that could
+    # depend on N. The process peak is then max(before, during), i.e. what ru_maxrss alone would report.
+    can_reset = reset_peak_rss()
     strategy = FedAvgStrategy(
         num_clients=num_clients,
         clients_per_round=min(args.per_round, num_clients),
@@ -99,10 +112,12 @@ def child(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         trainer.fit(module, train_dataloaders=loader)
+    during_fit = peak_rss_mib()
     return {
         "clients": num_clients,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": max(before_fit, during_fit),
         "before_fit_rss_mib": before_fit,
+        "fit_peak_rss_mib": during_fit if can_reset else None,
         "rounds_done": trainer.current_epoch,
         "train_samples": len(y),
     }
@@ -159,12 +174,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     for n in sorted(set(args.clients)):
         r = measure(args, n)
-        print(f"N={n}: peak RSS {r['peak_rss_mib']:.1f} MiB (before fit {r['before_fit_rss_mib']:.1f} MiB)", flush=True)
+        during = "n/a" if r["fit_peak_rss_mib"] is None else f"{r['fit_peak_rss_mib']:.1f} MiB"
+        print(
+            f"N={n}: peak RSS {r['peak_rss_mib']:.1f} MiB "
+            f"(before fit {r['before_fit_rss_mib']:.1f} MiB, during fit {during})",
+            flush=True,
+        )
         results.append(r)
     base = results[0]["peak_rss_mib"]
+    fit_base = results[0]["fit_peak_rss_mib"]
     for r in results:
         r["ratio"] = r["peak_rss_mib"] / base
-        r["fit_increment_mib"] = r["peak_rss_mib"] - r["before_fit_rss_mib"]
+        r["fit_ratio"] = r["fit_peak_rss_mib"] / fit_base if fit_base and r["fit_peak_rss_mib"] else None
     worst = results[-1]["ratio"]  # largest N vs smallest N
     passed = worst <= TARGET_RATIO
     payload = {
@@ -202,13 +223,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     print(
         format_table(
-            ["clients", "peak RSS MiB", "before fit MiB", "fit incr. MiB", "ratio vs smallest", "target", "result"],
+            [
+                "clients",
+                "peak RSS MiB",
+                "before fit",
+                "during fit",
+                "during-fit ratio",
+                "ratio vs smallest",
+                "target",
+                "result",
+            ],
             [
                 [
                     r["clients"],
                     r["peak_rss_mib"],
                     r["before_fit_rss_mib"],
-                    r["fit_increment_mib"],
+                    "n/a" if r["fit_peak_rss_mib"] is None else r["fit_peak_rss_mib"],
+                    "n/a" if r["fit_ratio"] is None else r["fit_ratio"],
                     r["ratio"],
                     f"<= {TARGET_RATIO:.2f}",
                     "PASS" if r["ratio"] <= TARGET_RATIO else "MISS",

@@ -10,7 +10,6 @@ Bad settings end the run with one line on stderr (``lightning-fl: error: ...``) 
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, NoReturn
 
@@ -163,10 +162,6 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
 def main() -> None:
     register_configs()
     _check_overrides(sys.argv[1:])
-    # Lightning's popen launcher re-runs this command for ranks > 0 with LOCAL_RANK set; those
-    # processes must not print the start-up noise a second time.
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        os.environ.setdefault("PYTHONWARNINGS", "ignore")
     _hydra_entry()
 
 
