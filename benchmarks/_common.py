@@ -5,6 +5,7 @@ Kept free of the package's CLI and config so the benchmarks measure the strategy
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -25,8 +26,8 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 MNIST_TRAIN_SIZE = 60_000
 
 
-def add_common_args(parser: Any) -> None:
-    """Arguments every benchmark takes (argparse parser)."""
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments every benchmark takes."""
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"MNIST npz (default: {DEFAULT_DATA})")
     parser.add_argument("--synthetic", action="store_true", help="random MNIST-shaped data; no file needed")
     parser.add_argument("--seed", type=int, default=0)

@@ -107,6 +107,7 @@ class PlainFedAvg:
             weight_sum += len(idx) / total
         for g, s in zip(self.global_params, self.sums):
             g.copy_(s.div_(float(weight_sum)))
+        # Leave the network holding the global model, as the strategy leaves the LightningModule.
         with torch.no_grad():
             for p, g in zip(self.params, self.global_params):
                 p.copy_(g)
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "module": args.module,
             "seed": args.seed,
             "synthetic": bool(args.synthetic),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(),  # read after fit: Lightning's launcher may set it
             "steps_per_round": sum(
                 -(-int(partition.sizes()[c]) // args.batch_size) * args.local_epochs
                 for c in sample_clients(args.clients, args.per_round, args.seed, 0)
@@ -254,7 +255,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     rounds = list(range(1, result["rounds"] + 1))
     plot_lines(
         args.png,
-        {"lightning_fl": (rounds, result["lightning_s_per_round"]), "plain PyTorch": (rounds, result["plain_s_per_round"])},
+        {
+            "lightning_fl": (rounds, result["lightning_s_per_round"]),
+            "plain PyTorch": (rounds, result["plain_s_per_round"]),
+        },
         "round",
         "seconds",
         "FedAvg seconds per round",

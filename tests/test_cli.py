@@ -37,8 +37,8 @@ def test_default_job_runs_and_prints_rounds(tmp_path):
     assert [r.split(" | ")[0] for r in rounds] == ["round 1/2", "round 2/2"]
     assert "clients 10" in rounds[0] and "val_acc" in rounds[0]
     assert "done after 2 rounds" in proc.stdout and "test_acc=" in proc.stdout
-    assert (tmp_path / "run" / "metrics.csv").exists()
-    assert list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert (tmp_path / "run" / "logs" / "metrics.csv").exists()
+    assert list((tmp_path / "run").rglob("*.ckpt"))
 
 
 def test_console_script_is_installed(tmp_path):

@@ -11,6 +11,7 @@ Bad settings end the run with one line on stderr (``lightning-fl: error: ...``) 
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, NoReturn
 
 import hydra
@@ -85,6 +86,8 @@ def train(cfg: DictConfig) -> float | None:
     from lightning_fl.callbacks import RoundProgressBar, RoundSummary
     from lightning_fl.errors import FederatedConfigError
 
+    # Lightning 2.6 on torch >= 2.10 warns about its own use of a torch API; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, in_shape=list(datamodule.dims), num_classes=datamodule.num_classes)
@@ -108,7 +111,7 @@ def train(cfg: DictConfig) -> float | None:
         cfg.trainer,
         strategy=strategy,
         callbacks=callbacks,
-        logger=CSVLogger(save_dir=output_dir, name="", version=""),
+        logger=CSVLogger(save_dir=output_dir, name="", version="logs"),  # beside Hydra's .hydra/
         default_root_dir=output_dir,
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

@@ -60,7 +60,12 @@ def main() -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         lrs = [trainer.optimizers[0].param_groups[0]["lr"]]
         torch.save({"state": state, "rank_spread": spread, "metrics": metrics, "lr": lrs,
-                    "world_size": trainer.world_size}, out)
+                    "world_size": trainer.world_size,
+                    "cluster_environment": type(trainer.strategy.cluster_environment).__name__}, out)
+    # Leave together: a rank exiting while another is still in a collective can abort under torchrun.
+    if trainer.world_size > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
