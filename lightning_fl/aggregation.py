@@ -55,12 +55,8 @@ class WeightedSum:
 
     def add_parts_(self, parts: Sequence[torch.Tensor], weight: float) -> None:
         """Like :meth:`add_` for a vector given as tensors in order (a model's parameters), without packing."""
-        offset = 0
-        values = self.values
-        for t in parts:
-            n = t.numel()
-            values[offset : offset + n].add_(t.detach().reshape(-1), alpha=weight)
-            offset += n
+        for view, t in zip(self.values.split([t.numel() for t in parts]), parts):
+            view.add_(t.detach().reshape(-1), alpha=weight)
         self.buffer[self.numel] += weight
 
     def reject_(self) -> None:

@@ -7,6 +7,8 @@ maximum over the round's clients, so a step counter keeps counting like the long
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -41,25 +43,21 @@ class FlatModelState:
     @torch.no_grad()
     def unpack(self, flat: torch.Tensor) -> None:
         """Write ``flat`` into the module's float tensors."""
-        offset = 0
-        for t in self.float_tensors:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
+        for t, view in zip(self.float_tensors, split_like(flat, self.float_tensors)):
+            t.copy_(view.view_as(t))
 
     @torch.no_grad()
     def unpack_ints(self, flat: torch.Tensor) -> None:
-        offset = 0
-        for t in self.int_tensors:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
+        for t, view in zip(self.int_tensors, split_like(flat, self.int_tensors)):
+            t.copy_(view.view_as(t))
 
     @torch.no_grad()
     def max_ints_into(self, out: torch.Tensor) -> None:
         """``out = max(out, integer buffers)`` element-wise."""
-        offset = 0
-        for t in self.int_tensors:
-            n = t.numel()
-            torch.maximum(out[offset : offset + n], t.reshape(-1).long(), out=out[offset : offset + n])
-            offset += n
+        for t, view in zip(self.int_tensors, split_like(out, self.int_tensors)):
+            torch.maximum(view, t.reshape(-1).long(), out=view)
+
+
+def split_like(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Views of ``flat``, one per tensor in order, each with that tensor's number of elements."""
+    return flat[: sum(t.numel() for t in tensors)].split([t.numel() for t in tensors])

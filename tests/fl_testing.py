@@ -3,7 +3,7 @@ plain-PyTorch FedAvg loop to compare the strategy against."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import StrategyRegistry
 
-from fl_testing import TinyData, fit_in_process, float_state, max_abs_diff, net_state, run_script, seeded_module
+from fl_testing import TinyData, fit_in_process, float_state, max_abs_diff, run_script, seeded_module
 from lightning_fl import FedAvgStrategy
 
 

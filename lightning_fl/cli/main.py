@@ -59,7 +59,7 @@ def _first_choice_overrides(args: list[str]) -> list[str]:
             value = next(iter(o.sweep_string_iterator()))
             out.append(f"{o.get_key_element()}={value}")
         else:
-            out.append(o.input_line)
+            out.append(o.input_line or "")
     return out
 
 

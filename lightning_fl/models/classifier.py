@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -74,8 +76,8 @@ class ImageClassifier(L.LightningModule):
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("test_acc", self.test_acc, on_epoch=True, prog_bar=True)
 
-    def configure_optimizers(self) -> Union[torch.optim.Optimizer, dict[str, Any]]:
-        hp = self.hparams
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        hp: Any = self.hparams  # AttributeDict: attribute access to the saved arguments
         opt: torch.optim.Optimizer
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)

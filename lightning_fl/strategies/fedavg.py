@@ -34,20 +34,27 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from lightning_fl.aggregation import WeightedSum, all_finite
 from lightning_fl.errors import FederatedConfigError, check
-from lightning_fl.model_state import FlatModelState
+from lightning_fl.model_state import FlatModelState, split_like
 from lightning_fl.partition import PARTITIONS, Partition, dataset_labels, make_partition
 from lightning_fl.sampling import num_client_batches, sample_clients
 from lightning_fl.schedule import ClientJob, RoundPlan, plan_round
 from lightning_fl.seeding import derive_seed
 from lightning_fl.server_update import ServerOptimizerFactory, ServerUpdate
-from lightning_fl.strategies.launchers import CheckedMultiProcessingLauncher, CheckedSubprocessScriptLauncher
-from lightning_fl.strategies.round_data import RoundBatchSampler, loader_settings, rebuild_loader
+from lightning_fl.strategies.launchers import (
+    CheckedMultiProcessingLauncher,
+    CheckedSubprocessScriptLauncher,
+)
+from lightning_fl.strategies.round_data import (
+    RoundBatchSampler,
+    loader_settings,
+    rebuild_loader,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +134,15 @@ class FedAvgStrategy(DDPStrategy):
             server_optimizer is None or callable(server_optimizer),
             "server_optimizer must be None or a callable that builds a torch.optim.Optimizer from parameters",
         )
-        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-            check(timeout > 0, f"timeout must be > 0 seconds, got {timeout}")
-            timeout = timedelta(seconds=float(timeout))
+        pg_timeout: Optional[timedelta]
+        if timeout is None or isinstance(timeout, timedelta):
+            pg_timeout = timeout
+        else:
+            check(
+                isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0,
+                f"timeout must be a timedelta or seconds > 0, got {timeout!r}",
+            )
+            pg_timeout = timedelta(seconds=float(timeout))
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -137,7 +150,7 @@ class FedAvgStrategy(DDPStrategy):
             checkpoint_io=checkpoint_io,
             precision_plugin=precision_plugin,
             process_group_backend=process_group_backend,
-            timeout=timeout,
+            timeout=pg_timeout,
             start_method=start_method,
         )
         self.num_clients = num_clients
@@ -185,11 +198,6 @@ class FedAvgStrategy(DDPStrategy):
         """This rank's plan for the round in progress (``None`` before training starts)."""
         return self._plan
 
-    @property
-    def global_state(self) -> Optional[torch.Tensor]:
-        """The global model's float state as one flat vector (parameters, then float buffers)."""
-        return self._global
-
     # ------------------------------------------------------------------ launch and setup
     def _configure_launcher(self) -> None:
         assert self.cluster_environment is not None
@@ -210,7 +218,7 @@ class FedAvgStrategy(DDPStrategy):
                 f"accumulate_grad_batches={trainer.accumulate_grad_batches} is not supported with "
                 f"strategy='{name}': clients step on every batch; use a larger batch size instead"
             )
-        if trainer.limit_train_batches != 1.0 or trainer.overfit_batches:
+        if trainer.limit_train_batches != 1.0 or trainer.overfit_batches:  # type: ignore[attr-defined]
             raise FederatedConfigError(
                 f"limit_train_batches/overfit_batches/fast_dev_run would cut rounds short with strategy='{name}'; "
                 "shrink num_clients, clients_per_round or local_epochs instead"
@@ -257,7 +265,7 @@ class FedAvgStrategy(DDPStrategy):
             return
         # Each round has its own client sample, so its own number of batches: rebuild the train
         # loader every epoch so that the loop's length, progress bar and validation point follow.
-        trainer.reload_dataloaders_every_n_epochs = 1
+        trainer.reload_dataloaders_every_n_epochs = 1  # type: ignore[attr-defined]
         module = self.lightning_module
         assert module is not None
         self._model_state = state = FlatModelState(module)
@@ -389,6 +397,7 @@ class FedAvgStrategy(DDPStrategy):
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         automatic = self.lightning_module.automatic_optimization  # type: ignore[union-attr]
+        output: Any
         if self._padding:
             # Keeps this rank in step with busier ranks without touching the model. Lightning rejects a
             # None loss when world_size > 1, so automatic optimization gets a constant with no graph.
@@ -432,7 +441,8 @@ class FedAvgStrategy(DDPStrategy):
         trainer = self.lightning_module.trainer  # type: ignore[union-attr]
         if self.world_size == 1:
             return
-        for key, result in trainer._results.items():
+        results = trainer._results
+        for result in results.values() if results is not None else ():
             meta = getattr(result, "meta", None)
             if meta is not None and meta.on_step and meta.sync.should and meta.fx == "training_step":
                 raise FederatedConfigError(
@@ -497,7 +507,8 @@ class FedAvgStrategy(DDPStrategy):
             )
         else:
             self.server.step(average)
-            self._global_ints.copy_(self._int_max)  # type: ignore[union-attr]
+            assert self._global_ints is not None and self._int_max is not None
+            self._global_ints.copy_(self._int_max)
         state.unpack(self._global)
         state.unpack_ints(self._global_ints)  # type: ignore[arg-type]
         self._in_round = False
@@ -592,15 +603,8 @@ def _replace_float_state(
     assert module is not None
     by_tensor = {id(t): name for name, t in module.state_dict(keep_vars=True).items()}
     out = dict(state_dict)
-    offset = 0
-    for t in model_state.float_tensors:
-        n = t.numel()
+    for t, view in zip(model_state.float_tensors, split_like(flat, model_state.float_tensors)):
         name = by_tensor.get(id(t))
         if name is not None and name in out:
-            out[name] = flat[offset : offset + n].view_as(t).to(t.dtype).clone()
-        offset += n
+            out[name] = view.view_as(t).to(t.dtype).clone()
     return out
-
-
-def _info(message: str) -> None:
-    rank_zero_info(message)
