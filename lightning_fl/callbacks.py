@@ -55,8 +55,15 @@ class RoundSummary(Callback):
 
 
 class RoundProgressBar(TQDMProgressBar):
-    """TQDM progress bar that counts rounds ("Round 3/10") instead of epochs."""
+    """TQDM progress bar that counts rounds ("Round 3/10") and this process's clients ("client 2/5")."""
 
     def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(f"Round {trainer.current_epoch + 1}/{trainer.max_epochs}")
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        progress = getattr(trainer.strategy, "client_progress", None)
+        if progress is not None and trainer.training:
+            items["client"] = f"{progress[0]}/{progress[1]}"
+        return items

@@ -104,3 +104,24 @@ def test_spawn_variant_inside_pytest_matches_one_process():
 def test_per_step_synced_logging_fails_fast_instead_of_hanging(tmp_path):
     result = run_script(tmp_path, 2, {"num_clients": 4}, {"module": {"sync_step_log": True}, "rounds": 1})
     assert "sync_dist=True on every step" in result["error"] and "step_loss" in result["error"]
+
+
+def test_progress_bar_shows_rounds_and_clients():
+    from lightning_fl.callbacks import RoundProgressBar, RoundSummary
+
+    seen = []
+
+    class Probe(RoundProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            seen.append((self.train_progress_bar.desc.rstrip(": "), items.get("client")))
+            return items
+
+    lines = []
+    fit_in_process(
+        FedAvgStrategy(num_clients=6, clients_per_round=3), seeded_module(), TinyData(), rounds=2,
+        enable_progress_bar=True, callbacks=[Probe(refresh_rate=1), RoundSummary(print_fn=lines.append)],
+    )
+    assert {desc for desc, _ in seen} >= {"Round 1/2", "Round 2/2"}
+    assert {client for _, client in seen} >= {"1/3", "2/3", "3/3"}
+    assert len(lines) == 2 and lines[1].startswith("round 2/2 | clients 3 (120 samples)")

@@ -176,6 +176,7 @@ class FedAvgStrategy(DDPStrategy):
         self._in_round = False
         self._pending_state: Optional[dict[str, Any]] = None
         self._checked_step_logging = False
+        self._clients_started = 0
         self.round_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ settings
@@ -197,6 +198,13 @@ class FedAvgStrategy(DDPStrategy):
     def current_plan(self) -> Optional[RoundPlan]:
         """This rank's plan for the round in progress (``None`` before training starts)."""
         return self._plan
+
+    @property
+    def client_progress(self) -> Optional[tuple[int, int]]:
+        """(clients started, clients assigned) on this rank in the current round, for progress bars."""
+        if self._plan is None:
+            return None
+        return self._clients_started, len(self._plan.jobs)
 
     # ------------------------------------------------------------------ launch and setup
     def _configure_launcher(self) -> None:
@@ -454,6 +462,7 @@ class FedAvgStrategy(DDPStrategy):
     def _begin_round(self, plan: RoundPlan) -> None:
         assert self._sum is not None and self._int_max is not None and self._global is not None
         self._in_round = True
+        self._clients_started = len(plan.idle_jobs)
         self._sum.reset()
         self._int_max.copy_(self._global_ints)  # type: ignore[arg-type]
         for job in plan.idle_jobs:  # too small for one batch: contributes the global model unchanged
@@ -462,6 +471,7 @@ class FedAvgStrategy(DDPStrategy):
     def _begin_client(self, plan: RoundPlan, job: ClientJob) -> None:
         state = self._model_state
         assert state is not None and self._global is not None and self._global_ints is not None
+        self._clients_started += 1
         state.unpack(self._global)
         state.unpack_ints(self._global_ints)
         for optimizer in self.optimizers:
