@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run a
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from _common import add_common_args, apply_threads, check_data, format_table, plot_lines, write_json  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from _common import add_common_args, apply_threads, check_data, format_table, plot_lines, write_json  # noqa: E402
 from lightning_fl import FedAvgStrategy  # noqa: E402
 from lightning_fl.data.mnist import MNISTDataModule  # noqa: E402
 from lightning_fl.models import ImageClassifier  # noqa: E402

@@ -28,10 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run a
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
 from _common import (  # noqa: E402
     add_common_args,
     apply_threads,
@@ -43,6 +39,10 @@ from _common import (  # noqa: E402
     plot_lines,
     write_json,
 )
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
 from lightning_fl import FedAvgStrategy  # noqa: E402
 from lightning_fl.models import ImageClassifier  # noqa: E402
 from lightning_fl.partition import Partition, make_partition  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl_testing import _DIST_ENV, float_state, max_abs_diff, net_state, reference_fedavg, seeded_module, TinyData
+from fl_testing import _DIST_ENV, TinyData, float_state, max_abs_diff, net_state, reference_fedavg, seeded_module
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "run_fedavg.py"
 SETTINGS = dict(num_clients=5, clients_per_round=4, local_epochs=1, partition="dirichlet", alpha=1.0, seed=9)
