@@ -44,13 +44,17 @@ class TinyModule(L.LightningModule):
         momentum: float = 0.0,
         batchnorm: bool = True,
         sync_step_log: bool = False,
+        crash_on_rank: int | None = None,
     ):
         super().__init__()
         self.net = make_net(batchnorm=batchnorm)
         self.lr, self.gamma, self.momentum, self.sync_step_log = lr, gamma, momentum, sync_step_log
+        self.crash_on_rank = crash_on_rank  # simulates a client process dying in its second round
         self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes=3, average="micro")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.crash_on_rank == self.global_rank and self.current_epoch == 1:
+            raise RuntimeError(f"simulated client crash on rank {self.global_rank}")
         x, y = batch
         loss = nn.functional.cross_entropy(self.net(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True)

@@ -123,3 +123,26 @@ def test_import_is_light():
     code = "import sys, lightning_fl; print('hydra' in sys.modules, 'lightning_fl.cli' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.distributed
+def test_a_crashed_process_ends_the_job_instead_of_hanging(tmp_path):
+    import json
+    import os
+    import time
+
+    from fl_testing import _DIST_ENV
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "run_fedavg.py")
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, script, str(tmp_path / "out.pt"), "2", json.dumps({"num_clients": 4, "timeout": 60}),
+         json.dumps({"module": {"crash_on_rank": 1}, "rounds": 3})],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "simulated client crash on rank 1" in proc.stderr
+    assert elapsed < 60  # the survivor noticed the dead peer; it did not sit out the collective timeout
+    assert not (tmp_path / "out.pt").exists()
