@@ -135,9 +135,7 @@ def load_data(args: argparse.Namespace) -> tuple[TensorDataset, TensorDataset]:
     return dm.train_set, dm.val_set
 
 
-def run_one(
-    row: str, lr: float, train: TensorDataset, val: TensorDataset, args: argparse.Namespace
-) -> dict[str, Any]:
+def run_one(row: str, lr: float, train: TensorDataset, val: TensorDataset, args: argparse.Namespace) -> dict[str, Any]:
     partition, local_epochs, batch = parse_row(row)
     # B = inf: one batch holds a client's whole partition (every client has the same size here).
     batch_size = batch if batch is not None else -(-len(train) // NUM_CLIENTS)

@@ -11,7 +11,10 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class RoundSummary(Callback):
-    """Prints one line per round (rank 0): round, clients, samples, chosen metrics, seconds, bytes."""
+    """Prints one line per round (rank 0): round, clients, samples, chosen metrics, seconds, bytes.
+
+    With a strategy that has no rounds (e.g. ``parameter_server``) the line is per epoch.
+    """
 
     def __init__(
         self,
@@ -31,8 +34,9 @@ class RoundSummary(Callback):
             return
         seconds = time.perf_counter() - self._start
         metrics = trainer.callback_metrics
+        federated = hasattr(trainer.strategy, "round_stats")
         stats: dict[str, float] = getattr(trainer.strategy, "round_stats", {}) or {}
-        parts = [f"round {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        parts = [f"{'round' if federated else 'epoch'} {trainer.current_epoch + 1}/{trainer.max_epochs}"]
         if stats:
             parts.append(f"clients {int(stats['fl/clients'])} ({int(stats['fl/samples'])} samples)")
             if stats.get("fl/rejected_clients"):

@@ -74,6 +74,14 @@ class TinyModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, self.gamma)}
 
 
+class AdamModule(TinyModule):
+    """TinyModule with Adam (weight decay) and a per-epoch ExponentialLR: stateful optimizer and scheduler."""
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=0.01, weight_decay=1e-4)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.ExponentialLR(opt, 0.5)}
+
+
 SILO_SIZES = (60, 36)
 
 

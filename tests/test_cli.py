@@ -16,6 +16,7 @@ from lightning_fl.cli.config import (
     FedAvgConfig,
     ImageClassifierConfig,
     MNISTDataConfig,
+    ParameterServerConfig,
     TrainerConfig,
 )
 
@@ -119,13 +120,14 @@ def _fields(cfg):
 def test_configs_mirror_the_python_api_one_to_one():
     import lightning as L
 
-    from lightning_fl import FedAvgStrategy
+    from lightning_fl import FedAvgStrategy, ParameterServerStrategy
     from lightning_fl.data import DigitsDataModule, MNISTDataModule
     from lightning_fl.models import ImageClassifier
 
     # Objects the Trainer builds itself (devices, cluster environment, precision) are not settings.
     wired_by_trainer = ("accelerator", "parallel_devices", "cluster_environment", "checkpoint_io", "precision_plugin")
     assert _fields(FedAvgConfig) == _init_params(FedAvgStrategy, skip=wired_by_trainer)
+    assert _fields(ParameterServerConfig) == _init_params(ParameterServerStrategy, skip=wired_by_trainer)
     assert _fields(DigitsDataConfig) == _init_params(DigitsDataModule)
     assert _fields(MNISTDataConfig) == _init_params(MNISTDataModule)
     assert _fields(ImageClassifierConfig) == _init_params(ImageClassifier, skip=("in_shape", "num_classes"))
@@ -137,6 +139,19 @@ def test_configs_mirror_the_python_api_one_to_one():
                 if f.name in ("seed", "timeout"):  # ${seed} interpolation; timedelta vs seconds
                     continue
                 assert f.default == defaults[f.name], f.name
+
+
+@pytest.mark.distributed
+def test_parameter_server_from_the_command_line(tmp_path):
+    proc = run_cli(
+        ["strategy=parameter_server", "trainer.devices=2", "trainer.max_epochs=1", "test=false",
+         "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "epoch 1/1" in proc.stdout and "done after 1 epochs" in proc.stdout  # no federated rounds here
+    rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text()
+    assert "ps/push_bytes" in rows and "val_acc" in rows
 
 
 def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):

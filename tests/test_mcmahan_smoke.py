@@ -37,8 +37,20 @@ def test_mcmahan_table2_quick(tmp_path: Path) -> None:
     assert result["config"]["quick"] is True and result["config"]["num_clients"] == 100
     assert [r["row"] for r in result["results"]] == ["iid-e1-b10", "shards-e1-b10"]
     for r in result["results"]:
-        for key in ("partition", "local_epochs", "batch_size", "lr", "rounds_to_target", "paper_rounds",
-                    "rounds_run", "best_acc", "eval_rounds", "acc_curve", "round_s", "mean_round_s"):
+        for key in (
+            "partition",
+            "local_epochs",
+            "batch_size",
+            "lr",
+            "rounds_to_target",
+            "paper_rounds",
+            "rounds_run",
+            "best_acc",
+            "eval_rounds",
+            "acc_curve",
+            "round_s",
+            "mean_round_s",
+        ):
             assert key in r, (key, r)
         assert r["rounds_run"] == 2 and r["eval_rounds"] == [1, 2]
         assert len(r["acc_curve"]) == 2 and all(0.0 <= a <= 1.0 for a in r["acc_curve"])

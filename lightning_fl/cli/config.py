@@ -34,6 +34,14 @@ class FedAvgConfig:
 
 
 @dataclass
+class ParameterServerConfig:
+    _target_: str = "lightning_fl.ParameterServerStrategy"
+    process_group_backend: Optional[str] = None
+    timeout: float = 1800.0
+    start_method: str = "popen"
+
+
+@dataclass
 class DigitsDataConfig:
     _target_: str = "lightning_fl.data.DigitsDataModule"
     batch_size: int = 10
@@ -100,6 +108,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=RunConfig)
     cs.store(group="strategy", name="fedavg_schema", node=FedAvgConfig)
+    cs.store(group="strategy", name="parameter_server_schema", node=ParameterServerConfig)
     cs.store(group="data", name="digits_schema", node=DigitsDataConfig)
     cs.store(group="data", name="mnist_schema", node=MNISTDataConfig)
     cs.store(group="model", name="classifier_schema", node=ImageClassifierConfig)

@@ -124,8 +124,9 @@ def train(cfg: DictConfig) -> float | None:
         # With the spawn launcher the loop's progress stays in the children; the logged round comes back.
         last_round = trainer.callback_metrics.get("fl/round")
         rounds = int(last_round) + 1 if last_round is not None else trainer.current_epoch
+        unit = "rounds" if hasattr(strategy, "round_stats") else "epochs"
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"lightning-fl: done after {rounds} rounds: {shown}; outputs in {output_dir}", flush=True)
+        print(f"lightning-fl: done after {rounds} {unit}: {shown}; outputs in {output_dir}", flush=True)
     return metrics.get("val_acc")
 
 

@@ -1,0 +1,389 @@
+"""Synchronous parameter-server training as a Lightning strategy (design: docs/parameter_server.md).
+
+Every rank is a worker and the server of one contiguous bucket of the flattened parameters. A step:
+Lightning runs forward and backward as usual; then, instead of ``optimizer.step()``, workers push their
+gradients to the owners (``reduce_scatter_tensor``), each owner applies the user's optimizer to its bucket
+only (so optimizer state is sharded, 1/S per rank), and workers pull the updated buckets
+(``all_gather_into_tensor``). The arithmetic is DDP's (mean gradient, element-wise optimizer), so the
+weights match DDP's; the optimizer memory does not.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any, Literal, Optional
+
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.fabric.strategies import _StrategyRegistry
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim import Optimizer
+
+from lightning_fl.errors import FederatedConfigError, check
+from lightning_fl.model_state import FlatModelState, split_like
+from lightning_fl.sharding import Segment, ShardLayout, shard_layout
+from lightning_fl.strategies.launchers import CheckedMultiProcessingLauncher, CheckedSubprocessScriptLauncher
+
+# Optimizers whose update of an element depends only on that element's gradient and state: running them
+# on a flat bucket that cuts through tensors gives exactly the update they would make on whole tensors.
+ELEMENTWISE_OPTIMIZERS: tuple[type[Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adagrad,
+    torch.optim.RMSprop,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
+
+
+class ParameterServerStrategy(DDPStrategy):
+    """Parameters sharded across server ranks; workers push gradients and pull parameters, synchronously.
+
+    Args:
+        timeout: collective timeout (a ``timedelta`` or seconds).
+
+    The remaining arguments are those of :class:`~lightning.pytorch.strategies.DDPStrategy`.
+    """
+
+    strategy_name = "parameter_server"
+
+    def __init__(
+        self,
+        accelerator: Any = None,
+        parallel_devices: Optional[list[torch.device]] = None,
+        cluster_environment: Optional[ClusterEnvironment] = None,
+        checkpoint_io: Optional[CheckpointIO] = None,
+        precision_plugin: Optional[Precision] = None,
+        process_group_backend: Optional[str] = None,
+        timeout: Optional[timedelta | float] = default_pg_timeout,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+    ) -> None:
+        if timeout is not None and not isinstance(timeout, timedelta):
+            check(
+                isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0,
+                f"timeout must be a timedelta or seconds > 0, got {timeout!r}",
+            )
+            timeout = timedelta(seconds=float(timeout))
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
+        )
+        # Built in setup(), per process.
+        self._params: list[torch.Tensor] = []
+        self._layout: Optional[ShardLayout] = None
+        self._segments: list[Segment] = []
+        self._shard_params: list[torch.nn.Parameter] = []
+        self._shard_optimizer: Optional[Optimizer] = None
+        self._pending_optimizer_state: Optional[dict[str, Any]] = None
+        self.bytes_pushed = 0  # bytes this rank sent pushing gradients, since fit started
+        self.bytes_pulled = 0  # bytes this rank sent in the parameter all-gather
+        self._logged = (0, 0)
+
+    # ------------------------------------------------------------------ launch and setup
+    def _configure_launcher(self) -> None:
+        assert self.cluster_environment is not None
+        if self._start_method == "popen":
+            self._launcher = CheckedSubprocessScriptLauncher(
+                self._preflight, self.cluster_environment, self.num_processes, self.num_nodes
+            )
+        else:
+            self._launcher = CheckedMultiProcessingLauncher(self._preflight, self, start_method=self._start_method)
+
+    def _preflight(self, trainer: Trainer) -> None:
+        if trainer.state.fn not in (None, TrainerFn.FITTING):
+            return
+        name = type(self).strategy_name
+        if trainer.accumulate_grad_batches != 1:
+            raise FederatedConfigError(
+                f"accumulate_grad_batches={trainer.accumulate_grad_batches} is not supported yet with "
+                f"strategy='{name}'; use a larger batch size"
+            )
+        if trainer.gradient_clip_val:
+            raise FederatedConfigError(
+                f"gradient_clip_val is not supported yet with strategy='{name}': clipping belongs on the servers "
+                "after aggregation (see docs/parameter_server.md); remove it or use strategy='ddp'"
+            )
+
+    def configure_ddp(self) -> None:
+        pass  # no DistributedDataParallel: gradients travel to their owners instead of being all-reduced
+
+    def setup(self, trainer: Trainer) -> None:
+        self._preflight(trainer)
+        super().setup(trainer)
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        module = self.lightning_module
+        assert module is not None
+        name = type(self).strategy_name
+        if not module.automatic_optimization:
+            raise FederatedConfigError(f"manual optimization is not supported yet with strategy='{name}'")
+        if len(self.optimizers) != 1:
+            raise FederatedConfigError(f"strategy='{name}' needs exactly one optimizer, got {len(self.optimizers)}")
+        optimizer = self.optimizers[0]
+        if type(optimizer) not in ELEMENTWISE_OPTIMIZERS:
+            supported = ", ".join(cls.__name__ for cls in ELEMENTWISE_OPTIMIZERS)
+            raise FederatedConfigError(
+                f"strategy='{name}' shards the optimizer over flat buckets, which is exact only for element-wise "
+                f"optimizers ({supported}); got {type(optimizer).__name__}"
+            )
+        self._align_module_state(module)
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._layout = layout = shard_layout(
+            [sum(p.numel() for p in group["params"]) for group in optimizer.param_groups], self.world_size
+        )
+        self._segments = layout.segments(self.global_rank)
+        flat = self._pack_params()
+        self._shard_params = [torch.nn.Parameter(flat[s.start : s.stop].clone()) for s in self._segments]
+        self._shard_optimizer = None
+        if self._segments:
+            groups = [
+                {**_hyperparameters(optimizer.param_groups[s.group]), "params": [p]}
+                for s, p in zip(self._segments, self._shard_params)
+            ]
+            self._shard_optimizer = type(optimizer)(groups)  # type: ignore[call-arg]
+        if self._pending_optimizer_state is not None:
+            self._load_full_optimizer_state(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
+
+    def _align_module_state(self, module: LightningModule) -> None:
+        """Start every rank from rank 0's parameters and buffers."""
+        if self.world_size == 1:
+            return
+        state = FlatModelState(module)
+        flat = state.pack()
+        dist.broadcast(flat, src=0)
+        state.unpack(flat)
+        ints = state.pack_ints()
+        if ints.numel():
+            dist.broadcast(ints, src=0)
+            state.unpack_ints(ints)
+
+    # ------------------------------------------------------------------ the step
+    def optimizer_step(
+        self,
+        optimizer: Optimizer,
+        closure: Callable[[], Any],
+        model: Optional[LightningModule | torch.nn.Module] = None,
+        **kwargs: Any,
+    ) -> Any:
+        # Lightning's precision plugin runs the closure (training_step, backward, clipping hooks) and then
+        # calls optimizer.step(); that call is replaced by push / owner update / pull for this step only.
+        # LR schedulers keep their own wrapper in the instance attribute, so it is restored afterwards.
+        saved = optimizer.__dict__.get("step")
+
+        def step(closure: Optional[Callable[[], Any]] = None, **_: Any) -> Any:
+            loss = closure() if closure is not None else None
+            self._push_update_pull(optimizer)
+            optimizer._opt_called = True  # type: ignore[attr-defined]  # what the scheduler's wrapper records
+            return loss
+
+        optimizer.step = step  # type: ignore[method-assign]
+        try:
+            output = super().optimizer_step(optimizer, closure, model, **kwargs)
+        finally:
+            if saved is None:
+                del optimizer.step
+            else:
+                optimizer.step = saved  # type: ignore[method-assign]
+        self._log_traffic_at_epoch_end()
+        return output
+
+    def _log_traffic_at_epoch_end(self) -> None:
+        """Log this epoch's pushed/pulled bytes once, on its last batch (a log call per step costs time)."""
+        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        pushed, pulled = self.bytes_pushed - self._logged[0], self.bytes_pulled - self._logged[1]
+        self._logged = (self.bytes_pushed, self.bytes_pulled)
+        module = self.lightning_module
+        assert module is not None
+        module.log("ps/push_bytes", float(pushed), on_step=False, on_epoch=True, batch_size=1)
+        module.log("ps/pull_bytes", float(pulled), on_step=False, on_epoch=True, batch_size=1)
+
+    @torch.no_grad()
+    def _push_update_pull(self, optimizer: Optimizer) -> None:
+        layout = self._layout
+        assert layout is not None
+        world = self.world_size
+        grads = torch.zeros(layout.padded_numel, dtype=torch.float32, device=self.root_device)
+        for view, p in zip(split_like(grads, self._params), self._params):
+            if p.grad is not None:
+                view.copy_(p.grad.reshape(-1))
+        lo, hi = layout.shard_range(self.global_rank)
+        if world > 1:
+            shard_grad = torch.empty(layout.shard_size, dtype=grads.dtype, device=grads.device)
+            dist.reduce_scatter_tensor(shard_grad, grads, op=dist.ReduceOp.SUM)  # push
+            shard_grad.div_(world)  # the mean over workers, as DDP takes it
+            self.bytes_pushed += _collective_bytes(grads, world)
+        else:
+            shard_grad = grads[lo:hi]
+        if self._shard_optimizer is not None:
+            for group, segment in zip(self._shard_optimizer.param_groups, self._segments):
+                _copy_hyperparameters(optimizer.param_groups[segment.group], group)  # LR schedulers act here
+            for param, segment in zip(self._shard_params, self._segments):
+                param.grad = shard_grad[segment.start - lo : segment.stop - lo]
+            self._shard_optimizer.step()
+        updated = torch.zeros(layout.shard_size, dtype=torch.float32, device=self.root_device)
+        for param, segment in zip(self._shard_params, self._segments):
+            updated[segment.start - lo : segment.stop - lo] = param
+        if world > 1:
+            full = torch.empty(layout.padded_numel, dtype=updated.dtype, device=updated.device)
+            dist.all_gather_into_tensor(full, updated)  # pull
+            self.bytes_pulled += _collective_bytes(full, world)
+        else:
+            full = updated
+        for view, p in zip(split_like(full, self._params), self._params):
+            p.copy_(view.view_as(p))
+
+    def _pack_params(self) -> torch.Tensor:
+        assert self._layout is not None
+        flat = torch.zeros(self._layout.padded_numel, dtype=torch.float32, device=self.root_device)
+        for view, p in zip(split_like(flat, self._params), self._params):
+            view.copy_(p.detach().reshape(-1))
+        return flat
+
+    # ------------------------------------------------------------------ memory and checkpoints
+    def optimizer_state_bytes(self) -> int:
+        """Bytes of optimizer state held by this rank (its shard optimizer, plus the user's, normally empty)."""
+        total = 0
+        for opt in [self._shard_optimizer, *self.optimizers]:
+            if opt is None:
+                continue
+            for state in opt.state.values():
+                total += sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+        return total
+
+    def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        """The whole optimizer state in the user's optimizer format, gathered from every bucket."""
+        if self._layout is None or optimizer is not self.optimizers[0]:
+            return super().optimizer_state(optimizer)
+        flat_states = self._gather_flat_state()
+        out = optimizer.state_dict()
+        out["state"] = {}
+        for index, (p, views) in enumerate(zip(self._params, _split_states(flat_states, self._params))):
+            out["state"][index] = {key: view.view_as(p).clone() for key, view in views.items()}
+            out["state"][index].update(self._scalar_state())
+        return out
+
+    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        states = checkpoint["optimizer_states"]
+        if self._layout is None:
+            self._pending_optimizer_state = states[0]
+            return
+        self._load_full_optimizer_state(states[0])
+
+    def _load_full_optimizer_state(self, full: Mapping[str, Any]) -> None:
+        """Slice a whole-model optimizer state (any world size wrote it) into this rank's bucket."""
+        optimizer = self.optimizers[0]
+        user_state = copy.deepcopy(dict(full))
+        tensor_state = user_state.pop("state")
+        # The user's optimizer keeps the param groups (learning rates, for the schedulers), not the state.
+        optimizer.load_state_dict({**user_state, "state": {}})
+        if self._shard_optimizer is None or not tensor_state:
+            return
+        first = tensor_state[0]
+        keys = [k for k, v in first.items() if _is_elementwise(v, self._params[0])]
+        flat = {key: torch.cat([tensor_state[i][key].reshape(-1).float() for i in range(len(self._params))]) for key in keys}
+        for param, segment in zip(self._shard_params, self._segments):
+            state: dict[str, Any] = {key: flat[key][segment.start : segment.stop].to(param.device).clone() for key in keys}
+            for key, value in first.items():
+                if key not in keys:  # scalar state (Adam's step): the same for every element
+                    state[key] = value.clone() if isinstance(value, torch.Tensor) else value
+            self._shard_optimizer.state[param] = state
+
+    def _gather_flat_state(self) -> dict[str, torch.Tensor]:
+        """Per state key (exp_avg, momentum_buffer, ...), the full flat vector over all buckets."""
+        layout = self._layout
+        assert layout is not None
+        keys = self._tensor_state_keys()
+        lo, _ = layout.shard_range(self.global_rank)
+        out: dict[str, torch.Tensor] = {}
+        for key in keys:
+            local = torch.zeros(layout.shard_size, dtype=torch.float32, device=self.root_device)
+            if self._shard_optimizer is not None:
+                for param, segment in zip(self._shard_params, self._segments):
+                    value = self._shard_optimizer.state.get(param, {}).get(key)
+                    if value is not None:
+                        local[segment.start - lo : segment.stop - lo] = value.reshape(-1)
+            if self.world_size > 1:
+                full = torch.empty(layout.padded_numel, dtype=local.dtype, device=local.device)
+                dist.all_gather_into_tensor(full, local)
+            else:
+                full = local
+            out[key] = full
+        return out
+
+    def _tensor_state_keys(self) -> list[str]:
+        """Element-wise state keys, agreed on by all ranks (a rank with an empty bucket has none)."""
+        keys: list[str] = []
+        if self._shard_optimizer is not None:
+            for param in self._shard_params:
+                for key, value in self._shard_optimizer.state.get(param, {}).items():
+                    if _is_elementwise(value, param) and key not in keys:
+                        keys.append(key)
+        if self.world_size > 1:
+            gathered: list[list[str]] = [[] for _ in range(self.world_size)]
+            dist.all_gather_object(gathered, keys)
+            keys = sorted({k for ks in gathered for k in ks})
+        return keys
+
+    def _scalar_state(self) -> dict[str, Any]:
+        """Non-element-wise state (Adam's step count): identical in every bucket, taken from this rank's."""
+        if self._shard_optimizer is None or not self._shard_params:
+            return {}
+        param = self._shard_params[0]
+        state = self._shard_optimizer.state.get(param, {})
+        return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items() if not _is_elementwise(v, param)}
+
+    # ------------------------------------------------------------------ registry
+    @classmethod
+    def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
+        for suffix, start_method in (("", "popen"), ("_spawn", "spawn"), ("_fork", "fork")):
+            name = f"{cls.strategy_name}{suffix}"
+            if name not in strategy_registry:
+                strategy_registry.register(
+                    name, cls, description=f"{cls.__name__} with start_method='{start_method}'", start_method=start_method
+                )
+
+
+def _is_elementwise(value: Any, param: torch.Tensor) -> bool:
+    """State with one entry per parameter element (exp_avg, momentum_buffer), not a scalar like ``step``."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape == param.shape
+
+
+def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def _copy_hyperparameters(source: dict[str, Any], target: dict[str, Any]) -> None:
+    for key, value in source.items():
+        if key != "params":
+            target[key] = value
+
+
+def _collective_bytes(tensor: torch.Tensor, world_size: int) -> int:
+    """Bytes one rank sends in a ring reduce-scatter or all-gather of ``tensor``: (W − 1) / W of it."""
+    return (world_size - 1) * tensor.numel() * tensor.element_size() // world_size
+
+
+def _split_states(flat_states: dict[str, torch.Tensor], params: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    per_param: list[dict[str, torch.Tensor]] = [{} for _ in params]
+    for key, flat in flat_states.items():
+        for i, view in enumerate(split_like(flat, params)):
+            per_param[i][key] = view
+    return per_param
