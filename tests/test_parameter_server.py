@@ -139,3 +139,21 @@ def test_one_process_equals_ddp():
     assert _diff(ddp.state_dict(), ps.state_dict()) <= 1e-6
     torch.manual_seed(1)
     assert _diff(AdamModule().state_dict(), ps.state_dict()) > 1e-2  # and it trained
+
+
+@pytest.mark.distributed
+def test_a_killed_worker_ends_the_job_with_a_clear_error(tmp_path):
+    import json
+    import time
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_fedavg.py")
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, script, str(tmp_path / "out.pt"), "2", "{}",
+         json.dumps({"by_name": "parameter_server", "module": {"crash_on_rank": 1}, "rounds": 3})],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode != 0
+    assert "simulated client crash on rank 1" in proc.stderr
+    assert time.monotonic() - start < 60  # not the 30-minute collective timeout
