@@ -146,3 +146,25 @@ def test_a_crashed_process_ends_the_job_instead_of_hanging(tmp_path):
     assert "simulated client crash on rank 1" in proc.stderr
     assert elapsed < 60  # the survivor noticed the dead peer; it did not sit out the collective timeout
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_interrupted_round_leaves_the_last_global_model_in_the_module():
+    from lightning.pytorch.callbacks import Callback
+
+    from fl_testing import float_state
+
+    recorded = {}
+
+    class InterruptMidRound(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                recorded.update(float_state(pl_module))  # the global model after round 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 3:
+                raise RuntimeError("interrupted")
+
+    module = seeded_module()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit_in_process(FedAvgStrategy(num_clients=4), module, TinyData(), rounds=3, callbacks=[InterruptMidRound()])
+    assert recorded and all(torch.equal(v, float_state(module)[k]) for k, v in recorded.items())

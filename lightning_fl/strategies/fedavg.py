@@ -535,6 +535,15 @@ class FedAvgStrategy(DDPStrategy):
         for name, value in self.round_stats.items():
             module.log(name, value, on_step=False, on_epoch=True, batch_size=1, prog_bar=name == "fl/clients")
 
+    def on_exception(self, exception: BaseException) -> None:
+        super().on_exception(exception)
+        if self._in_round and self._model_state is not None and self._global is not None:
+            # Interrupted mid-round: leave the module holding the last global model, not a client's.
+            self._model_state.unpack(self._global)
+            if self._global_ints is not None:
+                self._model_state.unpack_ints(self._global_ints)
+            self._in_round = False
+
     # ------------------------------------------------------------------ checkpoints
     def lightning_module_state_dict(self) -> dict[str, Any]:
         state_dict = super().lightning_module_state_dict()
