@@ -71,7 +71,8 @@ def test_push_bytes_follow_the_reduce_scatter_formula(two_process_results):
     params = sum(p.numel() for p in TinyModule().parameters())
     padded = -(-params // 2) * 2
     steps = 2 * -(-(240 // 2) // 16)  # 2 epochs of ceil(120 / 16) batches per rank
-    assert two_process_results["push_bytes-sgd"] == steps * (2 - 1) * padded * 4 // 2
+    # gloo reduce-scatters through an all-reduce: 2 (W - 1) / W of the padded buffer per rank and step
+    assert two_process_results["push_bytes-sgd"] == steps * 2 * (2 - 1) * padded * 4 // 2
 
 
 @pytest.mark.distributed

@@ -229,7 +229,7 @@ class ParameterServerStrategy(DDPStrategy):
             shard_grad = torch.empty(layout.shard_size, dtype=grads.dtype, device=grads.device)
             dist.reduce_scatter_tensor(shard_grad, grads, op=dist.ReduceOp.SUM)  # push
             shard_grad.div_(world)  # the mean over workers, as DDP takes it
-            self.bytes_pushed += _collective_bytes(grads, world)
+            self.bytes_pushed += _reduce_scatter_bytes(grads, world, dist.get_backend())
         else:
             shard_grad = grads[lo:hi]
         if self._shard_optimizer is not None:
@@ -244,7 +244,7 @@ class ParameterServerStrategy(DDPStrategy):
         if world > 1:
             full = torch.empty(layout.padded_numel, dtype=updated.dtype, device=updated.device)
             dist.all_gather_into_tensor(full, updated)  # pull
-            self.bytes_pulled += _collective_bytes(full, world)
+            self.bytes_pulled += _all_gather_bytes(full, world)
         else:
             full = updated
         for view, p in zip(split_like(full, self._params), self._params):
@@ -376,9 +376,16 @@ def _copy_hyperparameters(source: dict[str, Any], target: dict[str, Any]) -> Non
             target[key] = value
 
 
-def _collective_bytes(tensor: torch.Tensor, world_size: int) -> int:
-    """Bytes one rank sends in a ring reduce-scatter or all-gather of ``tensor``: (W − 1) / W of it."""
-    return (world_size - 1) * tensor.numel() * tensor.element_size() // world_size
+def _all_gather_bytes(full: torch.Tensor, world_size: int) -> int:
+    """Bytes one rank sends in a ring all-gather into ``full``: (W − 1) / W of it."""
+    return (world_size - 1) * full.numel() * full.element_size() // world_size
+
+
+def _reduce_scatter_bytes(full: torch.Tensor, world_size: int, backend: str) -> int:
+    """Bytes one rank sends reduce-scattering ``full``: (W − 1) / W of it in a ring (NCCL); gloo runs it as
+    an all-reduce followed by a local slice, 2 (W − 1) / W (measured by benchmarks/communication.py)."""
+    factor = 2 if backend == "gloo" else 1
+    return factor * (world_size - 1) * full.numel() * full.element_size() // world_size
 
 
 def _split_states(flat_states: dict[str, torch.Tensor], params: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:

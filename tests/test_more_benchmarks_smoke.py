@@ -1,0 +1,109 @@
+"""``benchmarks/scaling.py``, ``communication.py`` and ``ps_throughput.py`` run end to end (quick, synthetic).
+
+Each is a separate process that starts 2-process Lightning launches of its own, as a user would run it;
+``--threads 1`` keeps them fast when other jobs share the cores. Together well under 90 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# An in-process fit earlier in the pytest run leaves these behind; the scripts' launches pick their own.
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+MCMAHAN_CNN_PARAMS = 1_663_370
+
+
+def _run(script: str, out: Path) -> tuple[dict[str, Any], str]:
+    cmd = [sys.executable, f"benchmarks/{script}", "--quick", "--synthetic", "--threads", "1", "--json", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def test_scaling_quick(tmp_path: Path) -> None:
+    result, stdout = _run("scaling.py", tmp_path / "scaling.json")
+    assert result["benchmark"] == "scaling" and "s/round (median)" in stdout
+    sweep = result["clients_sweep"]
+    assert [r["clients"] for r in sweep] == [10, 100]
+    # The fair design: every N trains the same samples in the same number of steps per round.
+    assert len({r["samples_per_round"] for r in sweep}) == 1 and len({r["steps_per_round"] for r in sweep}) == 1
+    assert [r["devices"] for r in result["processes_sweep"]] == [1, 2]
+    for r in sweep + result["processes_sweep"]:
+        assert _positive(r["median_s_per_round"]) and all(_positive(t) for t in r["s_per_round"])
+        assert len(r["ranks"]) == r["devices"]
+        assert all(_positive(x["peak_rss_mib"]) and x["torch_threads"] == 1 for x in r["ranks"])
+    assert _positive(result["speedup_2_vs_1_process"]) and "note" in result
+
+
+def test_communication_quick(tmp_path: Path) -> None:
+    result, stdout = _run("communication.py", tmp_path / "comm.json")
+    assert result["benchmark"] == "communication" and "measured/formula" in stdout
+    rows = result["results"]
+    assert [r["model"] for r in rows] == ["mlp:13", "mlp:126"]
+    for r in rows:
+        p = r["params"]
+        assert p == 795 * int(r["model"][4:]) + 10 and r["model_bytes"] == 4 * p
+        # 2 ranks: a ring all-reduce sends 2 (W-1)/W = 1 buffer of P weights + 2 bookkeeping floats.
+        assert r["fedavg_formula_bytes_per_rank_round"] == 4 * (p + 2)
+        # Push + pull of the padded flat parameters, (W-1)/W = 1/2 each.
+        assert 4 * p <= r["ps_formula_bytes_per_rank_step"] <= 4 * (p + 2)
+        if result["config"]["lo_readable"]:
+            assert _positive(r["fedavg_measured_bytes_per_rank_round"]) and _positive(
+                r["ps_measured_bytes_per_rank_step"]
+            )
+            if result["config"]["isolated_netns"]:  # nothing else on this lo: TCP/IP headers only
+                assert 0.95 < r["fedavg_ratio"] < 1.3, r
+        else:
+            assert r["fedavg_measured_bytes_per_rank_round"] is None
+    assert set(result["collectives_ring_formula"]) == {"all_reduce", "reduce_scatter_tensor", "all_gather_into_tensor"}
+
+
+def test_ps_throughput_quick(tmp_path: Path) -> None:
+    result, stdout = _run("ps_throughput.py", tmp_path / "ps.json")
+    assert result["benchmark"] == "ps_throughput" and ("PASS" in stdout or "MISS" in stdout)
+    assert result["config"]["params"] == MCMAHAN_CNN_PARAMS
+    memory = {(m["optimizer"], m["processes"]): m for m in result["optimizer_state"]}
+    assert set(memory) == {(o, s) for o in ("sgd_momentum", "adam") for s in (1, 2)}
+    for (optimizer, s), m in memory.items():
+        assert len(m["ddp_bytes_per_rank"]) == len(m["ps_bytes_per_rank"]) == s
+        # One momentum buffer (SGD) or two moments (Adam) per parameter, plus Adam's scalar step counts.
+        full = 4 * MCMAHAN_CNN_PARAMS * (1 if optimizer == "sgd_momentum" else 2)
+        assert all(full <= b <= full + 64 for b in m["ddp_bytes_per_rank"])
+        assert m["ps_over_ddp"] == pytest.approx(1.0 / s, rel=0.01)
+    runs = result["throughput_runs"]
+    assert [r["strategy"] for r in runs] == ["ddp", "parameter_server"]
+    assert all(_positive(r["samples_per_s"]) for r in runs)
+    assert (
+        _positive(result["ddp_samples_per_s"])
+        and _positive(result["ps_samples_per_s"])
+        and _positive(result["ps_over_ddp"])
+    )
+    assert isinstance(result["passed"], bool)
+
+
+@pytest.mark.parametrize("script", ["scaling.py", "communication.py", "ps_throughput.py"])
+def test_missing_data_is_one_line(tmp_path: Path, script: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--data", str(tmp_path / "nope.npz")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--data" in lines[0], proc.stderr
