@@ -350,7 +350,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         notes.append(
             f"gloo's reduce_scatter_tensor sent {rs:.2f}x its buffer per rank (a ring sends "
             f"{ring['reduce_scatter_tensor']:.2f}x): the parameter server's push costs about as much as an "
-            "all-reduce here, more than its bytes_pushed formula counts"
+            "all-reduce here (the strategy's bytes_pushed counter accounts for this on gloo)"
         )
     if not raw["lo_readable"]:
         notes = ["/proc/net/dev is not readable here: only the formula values are reported"]
