@@ -1,0 +1,63 @@
+"""Smoke test of benchmarks/flower/compare.py without Flower: lightning_fl and the plain loop, tiny sizes.
+
+Runs in the current interpreter (``--python sys.executable``), which need not have flwr; the Flower rows
+are exercised only when flwr[simulation] is importable here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "flower" / "compare.py"
+
+
+def _has_flower() -> bool:
+    return importlib.util.find_spec("flwr") is not None and importlib.util.find_spec("ray") is not None
+
+
+def test_compare_quick_synthetic(tmp_path: Path) -> None:
+    frameworks = ["lightning_fl", "plain"] + (["flower"] if _has_flower() else [])
+    out = tmp_path / "compare.json"
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--synthetic",
+        "--warmup",
+        "0",
+        "--frameworks",
+        ",".join(frameworks),
+        "--workloads",
+        "mnist_e1,cross_device",
+        "--python",
+        sys.executable,
+        "--logdir",
+        str(tmp_path / "logs"),
+        "--json",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # The table comes last.
+    assert "framework" in res.stdout and res.stdout.rstrip().splitlines()[-1].split()[0] in frameworks
+
+    payload = json.loads(out.read_text())
+    rows = {(r["framework"], r["workload"]): r for r in payload["rows"]}
+    assert set(rows) == {(f, w) for f in frameworks for w in ("mnist_e1", "cross_device")}
+    for row in rows.values():
+        assert "error" not in row, row.get("error")
+        assert row["s_per_round"] > 0 and row["train_s_per_round"] > 0
+        assert 0 < row["train_s_per_round"] <= row["s_per_round"] + 1e-6
+        assert row["startup_s"] > 0 and row["peak_rss_mib"] > 50
+        assert row["torch_threads"] >= 1
+    assert rows[("plain", "mnist_e1")]["ratio_vs_plain"] == 1.0
+    # Same clients, same initial weights, same batch order: after the same rounds lightning_fl and the
+    # plain loop evaluate to the same accuracy.
+    acc = {f: rows[(f, "cross_device")]["test_acc"] for f in ("lightning_fl", "plain")}
+    assert abs(acc["lightning_fl"] - acc["plain"]) <= 0.01, acc
+    assert any(t["target"].startswith("cross_device") for t in payload["targets"])
