@@ -12,8 +12,9 @@ One Lightning epoch is one federated round. In a round:
 
 Aggregation happens inside the last training step, so validation, checkpoints, early stopping, LR
 schedulers and loggers all run per round on the global model. The class reuses ``DDPStrategy`` for
-process launch, cluster environments and collectives, but does not wrap the model in
-DistributedDataParallel: clients never synchronise gradients.
+process launch, cluster environments and collectives (through ``UnwrappedDDPStrategy``), but does not wrap
+the model in DistributedDataParallel: clients never synchronise gradients; setup() aligns the initial
+weights across ranks instead.
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
-from lightning.fabric.strategies import _StrategyRegistry
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
@@ -46,10 +45,7 @@ from lightning_fl.sampling import num_client_batches, sample_clients
 from lightning_fl.schedule import ClientJob, RoundPlan, plan_round
 from lightning_fl.seeding import derive_seed
 from lightning_fl.server_update import ServerOptimizerFactory, ServerUpdate
-from lightning_fl.strategies.launchers import (
-    CheckedMultiProcessingLauncher,
-    CheckedSubprocessScriptLauncher,
-)
+from lightning_fl.strategies.base import UnwrappedDDPStrategy
 from lightning_fl.strategies.round_data import (
     RoundBatchSampler,
     loader_settings,
@@ -62,7 +58,7 @@ CHECKPOINT_KEY = "lightning_fl"
 _DEFAULT_NUM_CLIENTS = 10
 
 
-class FedAvgStrategy(DDPStrategy):
+class FedAvgStrategy(UnwrappedDDPStrategy):
     """Federated averaging over simulated clients (many per process) or real silos (one per process).
 
     Args:
@@ -134,15 +130,6 @@ class FedAvgStrategy(DDPStrategy):
             server_optimizer is None or callable(server_optimizer),
             "server_optimizer must be None or a callable that builds a torch.optim.Optimizer from parameters",
         )
-        pg_timeout: Optional[timedelta]
-        if timeout is None or isinstance(timeout, timedelta):
-            pg_timeout = timeout
-        else:
-            check(
-                isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0,
-                f"timeout must be a timedelta or seconds > 0, got {timeout!r}",
-            )
-            pg_timeout = timedelta(seconds=float(timeout))
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -150,7 +137,7 @@ class FedAvgStrategy(DDPStrategy):
             checkpoint_io=checkpoint_io,
             precision_plugin=precision_plugin,
             process_group_backend=process_group_backend,
-            timeout=pg_timeout,
+            timeout=timeout,
             start_method=start_method,
         )
         self.num_clients = num_clients
@@ -207,15 +194,6 @@ class FedAvgStrategy(DDPStrategy):
         return self._clients_started, len(self._plan.jobs)
 
     # ------------------------------------------------------------------ launch and setup
-    def _configure_launcher(self) -> None:
-        assert self.cluster_environment is not None
-        if self._start_method == "popen":
-            self._launcher = CheckedSubprocessScriptLauncher(
-                self._preflight, self.cluster_environment, self.num_processes, self.num_nodes
-            )
-        else:
-            self._launcher = CheckedMultiProcessingLauncher(self._preflight, self, start_method=self._start_method)
-
     def _preflight(self, trainer: Trainer) -> None:
         """Trainer settings that would break rounds; run before processes start and again in setup."""
         if trainer.state.fn not in (None, TrainerFn.FITTING):
@@ -260,11 +238,6 @@ class FedAvgStrategy(DDPStrategy):
                 f"sync_batchnorm=True syncs BatchNorm across processes on every forward, but with "
                 f"strategy='{name}' each process trains different clients; set sync_batchnorm=False"
             )
-
-    def configure_ddp(self) -> None:
-        # No DistributedDataParallel wrapper: clients never share gradients. setup() aligns the
-        # initial weights across ranks instead.
-        pass
 
     def setup(self, trainer: Trainer) -> None:
         self._preflight(trainer)
@@ -588,20 +561,6 @@ class FedAvgStrategy(DDPStrategy):
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.server.load_state_dict(state.get("server", {}))
-
-    # ------------------------------------------------------------------ registry
-    @classmethod
-    def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
-        for suffix, start_method in (("", "popen"), ("_spawn", "spawn"), ("_fork", "fork")):
-            name = f"{cls.strategy_name}{suffix}"
-            if name in strategy_registry:
-                continue
-            strategy_registry.register(
-                name,
-                cls,
-                description=f"{cls.__name__} with start_method='{start_method}'",
-                start_method=start_method,
-            )
 
 
 def _is_int(value: Any) -> bool:

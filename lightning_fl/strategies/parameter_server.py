@@ -19,17 +19,15 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
-from lightning.fabric.strategies import _StrategyRegistry
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim import Optimizer
 
-from lightning_fl.errors import FederatedConfigError, check
+from lightning_fl.errors import FederatedConfigError
 from lightning_fl.model_state import FlatModelState, split_like
 from lightning_fl.sharding import Segment, ShardLayout, shard_layout
-from lightning_fl.strategies.launchers import CheckedMultiProcessingLauncher, CheckedSubprocessScriptLauncher
+from lightning_fl.strategies.base import UnwrappedDDPStrategy
 
 # Optimizers whose update of an element depends only on that element's gradient and state: running them
 # on a flat bucket that cuts through tensors gives exactly the update they would make on whole tensors.
@@ -45,7 +43,7 @@ ELEMENTWISE_OPTIMIZERS: tuple[type[Optimizer], ...] = (
 )
 
 
-class ParameterServerStrategy(DDPStrategy):
+class ParameterServerStrategy(UnwrappedDDPStrategy):
     """Parameters sharded across server ranks; workers push gradients and pull parameters, synchronously.
 
     Args:
@@ -67,12 +65,6 @@ class ParameterServerStrategy(DDPStrategy):
         timeout: Optional[timedelta | float] = default_pg_timeout,
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
     ) -> None:
-        if timeout is not None and not isinstance(timeout, timedelta):
-            check(
-                isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0,
-                f"timeout must be a timedelta or seconds > 0, got {timeout!r}",
-            )
-            timeout = timedelta(seconds=float(timeout))
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -95,15 +87,6 @@ class ParameterServerStrategy(DDPStrategy):
         self._logged = (0, 0)
 
     # ------------------------------------------------------------------ launch and setup
-    def _configure_launcher(self) -> None:
-        assert self.cluster_environment is not None
-        if self._start_method == "popen":
-            self._launcher = CheckedSubprocessScriptLauncher(
-                self._preflight, self.cluster_environment, self.num_processes, self.num_nodes
-            )
-        else:
-            self._launcher = CheckedMultiProcessingLauncher(self._preflight, self, start_method=self._start_method)
-
     def _preflight(self, trainer: Trainer) -> None:
         if trainer.state.fn not in (None, TrainerFn.FITTING):
             return
@@ -118,9 +101,6 @@ class ParameterServerStrategy(DDPStrategy):
                 f"gradient_clip_val is not supported yet with strategy='{name}': clipping belongs on the servers "
                 "after aggregation (see docs/parameter_server.md); remove it or use strategy='ddp'"
             )
-
-    def configure_ddp(self) -> None:
-        pass  # no DistributedDataParallel: gradients travel to their owners instead of being all-reduced
 
     def setup(self, trainer: Trainer) -> None:
         self._preflight(trainer)
@@ -349,16 +329,6 @@ class ParameterServerStrategy(DDPStrategy):
         param = self._shard_params[0]
         state = self._shard_optimizer.state.get(param, {})
         return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items() if not _is_elementwise(v, param)}
-
-    # ------------------------------------------------------------------ registry
-    @classmethod
-    def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
-        for suffix, start_method in (("", "popen"), ("_spawn", "spawn"), ("_fork", "fork")):
-            name = f"{cls.strategy_name}{suffix}"
-            if name not in strategy_registry:
-                strategy_registry.register(
-                    name, cls, description=f"{cls.__name__} with start_method='{start_method}'", start_method=start_method
-                )
 
 
 def _is_elementwise(value: Any, param: torch.Tensor) -> bool:
