@@ -6,13 +6,15 @@ Kept free of the package's CLI and config so the benchmarks measure the strategy
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import statistics
 import sys
+import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -186,3 +188,31 @@ def plot_lines(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}")
+
+
+# What every benchmark Trainer shares: no logger, checkpoints, progress bar or summary, no sanity check.
+BENCH_TRAINER_DEFAULTS: dict[str, Any] = dict(
+    accelerator="cpu",
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+)
+
+
+def bench_trainer(**kwargs: Any) -> Any:
+    """A ``lightning.Trainer`` with :data:`BENCH_TRAINER_DEFAULTS`, overridden or extended by ``kwargs``."""
+    import lightning as L
+
+    return L.Trainer(**{**BENCH_TRAINER_DEFAULTS, **kwargs})
+
+
+@contextlib.contextmanager
+def no_worker_warning() -> Iterator[None]:
+    """Benchmarks index in-memory tensors in the main process on purpose; Lightning's advice to add
+    DataLoader workers is noise here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        yield
+

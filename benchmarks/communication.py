@@ -35,7 +35,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,10 +44,12 @@ from _common import (  # noqa: E402
     REPO_ROOT,
     add_common_args,
     apply_threads,
+    bench_trainer,
     check_data,
     format_table,
     load_mnist_train,
     median,
+    no_worker_warning,
     plot_lines,
     write_json,
 )
@@ -188,11 +189,9 @@ def child(args: argparse.Namespace) -> None:
         return MLP((1, 28, 28), 10, hidden=(int(spec[4:]),))
 
     def trainer_for(strategy: Any, callback: Callback, **kwargs: Any) -> L.Trainer:
-        return L.Trainer(
-            strategy=strategy, accelerator="cpu", devices=WORLD, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-            callbacks=[callback], **kwargs,
-        )  # fmt: skip
+        return bench_trainer(
+            strategy=strategy, devices=WORLD, limit_val_batches=0, callbacks=[callback], **kwargs
+        )
 
     apply_threads(args.threads)
     fed_n = 2 * args.steps_per_client * args.batch_size  # 2 clients (one per rank), full batches only
@@ -200,8 +199,7 @@ def child(args: argparse.Namespace) -> None:
     ps_n = WORLD * args.batch_size * (warmup + args.ps_steps)  # one epoch covers every step
     x, y = load_mnist_train(args.data, args.synthetic, max(fed_n, ps_n), args.seed)
     results = []
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    with no_worker_warning():
         for spec in args.model_list:
             fed_cb = FedAvgWindows()
             fed = trainer_for(

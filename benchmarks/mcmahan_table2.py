@@ -19,7 +19,6 @@ import argparse
 import re
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,7 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run a
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from _common import add_common_args, apply_threads, check_data, format_table, plot_lines, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_args,
+    apply_threads,
+    bench_trainer,
+    check_data,
+    format_table,
+    no_worker_warning,
+    plot_lines,
+    write_json,
+)
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
@@ -149,16 +157,10 @@ def run_one(row: str, lr: float, train: TensorDataset, val: TensorDataset, args:
         partition=partition,
         seed=args.seed,
     )
-    trainer = L.Trainer(
+    trainer = bench_trainer(
         strategy=strategy,
         max_epochs=args.max_rounds,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         check_val_every_n_epoch=args.eval_every,
         callbacks=[recorder],
     )
@@ -167,8 +169,7 @@ def run_one(row: str, lr: float, train: TensorDataset, val: TensorDataset, args:
     val_loader = DataLoader(val, batch_size=1000, shuffle=False)
     print(f"{row} lr={lr:g}: E={local_epochs} B={batch_size} partition={partition}", flush=True)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    with no_worker_warning():
         trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
     wall = time.perf_counter() - t0
     rounds_run = len(recorder.round_s)

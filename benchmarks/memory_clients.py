@@ -17,7 +17,6 @@ import json
 import resource
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,9 +26,11 @@ from _common import (  # noqa: E402
     REPO_ROOT,
     add_common_args,
     apply_threads,
+    bench_trainer,
     check_data,
     format_table,
     load_mnist_train,
+    no_worker_warning,
     plot_lines,
     write_json,
 )
@@ -74,7 +75,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def child(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
     """Train ``num_clients`` simulated clients in this process and report its peak RSS."""
-    import lightning as L
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -96,21 +96,9 @@ def child(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
         partition="iid",
         seed=args.seed,
     )
-    trainer = L.Trainer(
-        strategy=strategy,
-        accelerator="cpu",
-        devices=1,
-        max_epochs=args.rounds,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
+    trainer = bench_trainer(strategy=strategy, devices=1, max_epochs=args.rounds, limit_val_batches=0)
     loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    with no_worker_warning():
         trainer.fit(module, train_dataloaders=loader)
     during_fit = peak_rss_mib()
     return {

@@ -19,7 +19,6 @@ import argparse
 import copy
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,11 +30,13 @@ import torch.nn.functional as F  # noqa: E402
 from _common import (  # noqa: E402
     add_common_args,
     apply_threads,
+    bench_trainer,
     check_data,
     format_table,
     load_mnist_train,
     make_minimal_module,
     median,
+    no_worker_warning,
     plot_lines,
     write_json,
 )
@@ -189,23 +190,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         partition="iid",
         seed=args.seed,
     )
-    trainer = L.Trainer(
-        strategy=strategy,
-        accelerator="cpu",
-        devices=1,
-        max_epochs=args.rounds + 1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
+    trainer = bench_trainer(
+        strategy=strategy, devices=1, max_epochs=args.rounds + 1, limit_val_batches=0, callbacks=[timer]
     )
     # The strategy replaces the sampler; shuffle=True is what a user would write.
     loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    with no_worker_warning():
         trainer.fit(module, train_dataloaders=loader)
 
     final_diff = max(

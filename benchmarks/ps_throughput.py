@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,10 +36,12 @@ from _common import (  # noqa: E402
     REPO_ROOT,
     add_common_args,
     apply_threads,
+    bench_trainer,
     check_data,
     format_table,
     load_mnist_train,
     median,
+    no_worker_warning,
     write_json,
 )
 
@@ -120,16 +121,14 @@ def child(args: argparse.Namespace) -> None:
         return ParameterServerStrategy() if name == "parameter_server" else "ddp"
 
     def fit(strategy: str, optimizer: str, steps: int, callbacks: list[Callback]) -> L.Trainer:
-        trainer = L.Trainer(
-            strategy=make_strategy(strategy), accelerator="cpu", devices=args.child_devices, max_steps=steps,
-            max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=callbacks,
-        )  # fmt: skip
+        trainer = bench_trainer(
+            strategy=make_strategy(strategy), devices=args.child_devices, max_steps=steps, max_epochs=1,
+            limit_val_batches=0, callbacks=callbacks,
+        )
         n = args.batch_size * args.child_devices * steps  # one epoch holds every step
         # Sequential order; Lightning's DistributedSampler gives each rank its own half of it.
         loader = DataLoader(TensorDataset(x[:n], y[:n]), batch_size=args.batch_size, shuffle=False)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        with no_worker_warning():
             trainer.fit(CNNModule(optimizer), train_dataloaders=loader)
         return trainer
 

@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,11 +47,13 @@ from _common import (  # noqa: E402
     REPO_ROOT,
     add_common_args,
     apply_threads,
+    bench_trainer,
     check_data,
     format_table,
     load_mnist_train,
     make_minimal_module,
     median,
+    no_worker_warning,
     plot_lines,
     write_json,
 )
@@ -124,22 +125,11 @@ def child(args: argparse.Namespace) -> None:
     module = make_minimal_module(args.lr)
     timer = RoundTimer()
     strategy = FedAvgStrategy(num_clients=n, clients_per_round=per_round(args, n), partition="iid", seed=args.seed)
-    trainer = L.Trainer(
-        strategy=strategy,
-        accelerator="cpu",
-        devices=args.child_devices,
-        max_epochs=args.rounds + 1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
+    trainer = bench_trainer(
+        strategy=strategy, devices=args.child_devices, max_epochs=args.rounds + 1, limit_val_batches=0, callbacks=[timer]
     )
     loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    with no_worker_warning():
         trainer.fit(module, train_dataloaders=loader)
     plan = strategy.current_plan
     mine: dict[str, Any] = {
