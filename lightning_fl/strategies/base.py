@@ -55,5 +55,8 @@ class UnwrappedDDPStrategy(DDPStrategy):
             name = f"{cls.strategy_name}{suffix}"
             if name not in strategy_registry:
                 strategy_registry.register(
-                    name, cls, description=f"{cls.__name__} with start_method='{start_method}'", start_method=start_method
+                    name,
+                    cls,
+                    description=f"{cls.__name__} with start_method='{start_method}'",
+                    start_method=start_method,
                 )

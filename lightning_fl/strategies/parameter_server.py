@@ -1,16 +1,20 @@
-"""Synchronous parameter-server training as a Lightning strategy (design: docs/parameter_server.md).
+"""Parameter-server training as a Lightning strategy (design: docs/parameter_server.md).
 
 Every rank is a worker and the server of one contiguous bucket of the flattened parameters. A step:
 Lightning runs forward and backward as usual; then, instead of ``optimizer.step()``, workers push their
-gradients to the owners (``reduce_scatter_tensor``), each owner applies the user's optimizer to its bucket
-only (so optimizer state is sharded, 1/S per rank), and workers pull the updated buckets
-(``all_gather_into_tensor``). The arithmetic is DDP's (mean gradient, element-wise optimizer), so the
-weights match DDP's; the optimizer memory does not.
+gradients to the owners, each owner applies the user's optimizer to its bucket only (so optimizer state is
+sharded, 1/S per rank), and workers pull the updated buckets.
+
+- Synchronous (``staleness=None``): push is ``reduce_scatter_tensor``, pull ``all_gather_into_tensor``.
+  The arithmetic is DDP's (mean gradient, element-wise optimizer), so the weights match DDP's.
+- Bounded staleness (``staleness=s``): stale synchronous parallel. Each rank's server runs in a thread
+  (:mod:`lightning_fl.strategies.ssp_server`) and workers run up to ``s`` steps ahead of the slowest.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, Literal, Optional
@@ -22,12 +26,24 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 
-from lightning_fl.errors import FederatedConfigError
+from lightning_fl.errors import FederatedConfigError, check
 from lightning_fl.model_state import FlatModelState, split_like
 from lightning_fl.sharding import Segment, ShardLayout, shard_layout
+from lightning_fl.staleness import ClockBook, needed_version
 from lightning_fl.strategies.base import UnwrappedDDPStrategy
+from lightning_fl.strategies.ssp_server import (
+    GRAD,
+    HEADER_SLOTS,
+    PUSH_TAG,
+    REPLY_TAG,
+    STOP,
+    BucketServer,
+    decode_header,
+    encode_header,
+)
 
 # Optimizers whose update of an element depends only on that element's gradient and state: running them
 # on a flat bucket that cuts through tensors gives exactly the update they would make on whole tensors.
@@ -44,10 +60,17 @@ ELEMENTWISE_OPTIMIZERS: tuple[type[Optimizer], ...] = (
 
 
 class ParameterServerStrategy(UnwrappedDDPStrategy):
-    """Parameters sharded across server ranks; workers push gradients and pull parameters, synchronously.
+    """Parameters sharded across server ranks; workers push gradients and pull parameters.
 
     Args:
-        timeout: collective timeout (a ``timedelta`` or seconds).
+        staleness: ``None`` (default) for synchronous training; an integer ``s >= 0`` for stale synchronous
+            parallel training, in which a worker may run ``s`` steps ahead of the slowest worker and no
+            applied gradient is more than ``s`` updates old (``s = 0`` is synchronous, through the same
+            machinery). Workers meet, with every update applied, at the end of each epoch, before
+            validation and before checkpoints.
+        scale_stale_gradients: with ``staleness``, weight a gradient ``τ`` updates old by ``1 / max(1, τ)``
+            (Zhang et al., 2016).
+        timeout: collective and message timeout (a ``timedelta`` or seconds).
 
     The remaining arguments are those of :class:`~lightning.pytorch.strategies.DDPStrategy`.
     """
@@ -64,7 +87,15 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         process_group_backend: Optional[str] = None,
         timeout: Optional[timedelta | float] = default_pg_timeout,
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+        staleness: Optional[int] = None,
+        scale_stale_gradients: bool = True,
     ) -> None:
+        check(
+            staleness is None or (isinstance(staleness, int) and not isinstance(staleness, bool) and staleness >= 0),
+            f"staleness must be null (synchronous) or an integer >= 0, got {staleness!r}",
+        )
+        self.staleness = staleness
+        self.scale_stale_gradients = bool(scale_stale_gradients)
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -83,8 +114,16 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         self._shard_optimizer: Optional[Optimizer] = None
         self._pending_optimizer_state: Optional[dict[str, Any]] = None
         self.bytes_pushed = 0  # bytes this rank sent pushing gradients, since fit started
-        self.bytes_pulled = 0  # bytes this rank sent in the parameter all-gather
+        self.bytes_pulled = 0  # bytes this rank sent in the parameter all-gather (or replies, with staleness)
         self._logged = (0, 0)
+        # Bounded-staleness state, per process.
+        self.staleness_counts: Counter[int] = Counter()  # staleness -> gradients applied to this rank's bucket
+        self._logged_staleness: Counter[int] = Counter()
+        self._groups: tuple[Optional[dist.ProcessGroup], Optional[dist.ProcessGroup]] = (None, None)
+        self._server: Optional[BucketServer] = None
+        self._clock = 0  # this worker's steps, the same count as trainer.global_step
+        self._versions: list[int] = []  # version of each bucket this worker last read
+        self._flat_params_cpu = torch.empty(0)  # this worker's view of the whole model, bucket by bucket
 
     # ------------------------------------------------------------------ launch and setup
     def _preflight(self, trainer: Trainer) -> None:
@@ -139,6 +178,25 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         if self._pending_optimizer_state is not None:
             self._load_full_optimizer_state(self._pending_optimizer_state)
             self._pending_optimizer_state = None
+        if self.staleness is not None:
+            self._setup_bounded_staleness(trainer)
+
+    def _setup_bounded_staleness(self, trainer: Trainer) -> None:
+        self._server = None
+        if self.world_size == 1:
+            return
+        # Push and reply messages get process groups of their own, so they never interleave with the
+        # collectives Lightning runs in the default group (the default group may be NCCL; these are gloo).
+        timeout = self._timeout if self._timeout is not None else default_pg_timeout
+        self._groups = (
+            dist.new_group(backend="gloo", timeout=timeout),
+            dist.new_group(backend="gloo", timeout=timeout),
+        )
+        # Lightning broadcasts a SIGTERM flag over the default group on every batch, which would hold all
+        # workers in lock step. Workers check their own flag instead; a rank that stops ends the others
+        # through their message timeouts.
+        epoch_loop = trainer.fit_loop.epoch_loop
+        epoch_loop._broadcast_sigterm_tensor = lambda: _raise_if_sigterm(trainer)  # type: ignore[method-assign]
 
     def _align_module_state(self, module: LightningModule) -> None:
         """Start every rank from rank 0's parameters and buffers."""
@@ -168,7 +226,10 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
 
         def step(closure: Optional[Callable[[], Any]] = None, **_: Any) -> Any:
             loss = closure() if closure is not None else None
-            self._push_update_pull(optimizer)
+            if self.staleness is None:
+                self._push_update_pull(optimizer)
+            else:
+                self._exchange(self._flat_grads(), final=self._is_last_step())
             optimizer._opt_called = True  # type: ignore[attr-defined]  # what the scheduler's wrapper records
             return loss
 
@@ -194,16 +255,28 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         assert module is not None
         module.log("ps/push_bytes", float(pushed), on_step=False, on_epoch=True, batch_size=1)
         module.log("ps/pull_bytes", float(pulled), on_step=False, on_epoch=True, batch_size=1)
+        epoch = self.staleness_counts - self._logged_staleness
+        self._logged_staleness = Counter(self.staleness_counts)
+        if self.staleness is not None and epoch:
+            # Of the gradients applied to this rank's bucket in this epoch.
+            mean = sum(tau * n for tau, n in epoch.items()) / sum(epoch.values())
+            module.log("ps/staleness_mean", mean, on_step=False, on_epoch=True, batch_size=1)
+            module.log("ps/staleness_max", float(max(epoch)), on_step=False, on_epoch=True, batch_size=1)
+
+    def _flat_grads(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        assert self._layout is not None
+        grads = torch.zeros(self._layout.padded_numel, dtype=torch.float32, device=device or self.root_device)
+        for view, p in zip(split_like(grads, self._params), self._params):
+            if p.grad is not None:
+                view.copy_(p.grad.reshape(-1))
+        return grads
 
     @torch.no_grad()
     def _push_update_pull(self, optimizer: Optimizer) -> None:
         layout = self._layout
         assert layout is not None
         world = self.world_size
-        grads = torch.zeros(layout.padded_numel, dtype=torch.float32, device=self.root_device)
-        for view, p in zip(split_like(grads, self._params), self._params):
-            if p.grad is not None:
-                view.copy_(p.grad.reshape(-1))
+        grads = self._flat_grads()
         lo, hi = layout.shard_range(self.global_rank)
         if world > 1:
             shard_grad = torch.empty(layout.shard_size, dtype=grads.dtype, device=grads.device)
@@ -212,15 +285,7 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             self.bytes_pushed += _reduce_scatter_bytes(grads, world, dist.get_backend())
         else:
             shard_grad = grads[lo:hi]
-        if self._shard_optimizer is not None:
-            for group, segment in zip(self._shard_optimizer.param_groups, self._segments):
-                _copy_hyperparameters(optimizer.param_groups[segment.group], group)  # LR schedulers act here
-            for param, segment in zip(self._shard_params, self._segments):
-                param.grad = shard_grad[segment.start - lo : segment.stop - lo]
-            self._shard_optimizer.step()
-        updated = torch.zeros(layout.shard_size, dtype=torch.float32, device=self.root_device)
-        for param, segment in zip(self._shard_params, self._segments):
-            updated[segment.start - lo : segment.stop - lo] = param
+        updated = self._apply_to_bucket(shard_grad)
         if world > 1:
             full = torch.empty(layout.padded_numel, dtype=updated.dtype, device=updated.device)
             dist.all_gather_into_tensor(full, updated)  # pull
@@ -229,6 +294,153 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             full = updated
         for view, p in zip(split_like(full, self._params), self._params):
             p.copy_(view.view_as(p))
+
+    @torch.no_grad()
+    def _apply_to_bucket(self, shard_grad: torch.Tensor) -> torch.Tensor:
+        """The owner's update: the shard optimizer steps on this rank's bucket. Returns the new bucket."""
+        assert self._layout is not None
+        optimizer = self.optimizers[0]
+        lo, _ = self._layout.shard_range(self.global_rank)
+        shard_grad = shard_grad.to(self.root_device)
+        if self._shard_optimizer is not None:
+            for group, segment in zip(self._shard_optimizer.param_groups, self._segments):
+                _copy_hyperparameters(optimizer.param_groups[segment.group], group)  # LR schedulers act here
+            for param, segment in zip(self._shard_params, self._segments):
+                param.grad = shard_grad[segment.start - lo : segment.stop - lo]
+            self._shard_optimizer.step()
+        updated = torch.zeros(self._layout.shard_size, dtype=torch.float32, device=self.root_device)
+        for param, segment in zip(self._shard_params, self._segments):
+            updated[segment.start - lo : segment.stop - lo] = param
+        return updated
+
+    # ------------------------------------------------------------------ bounded staleness
+    def _is_last_step(self) -> bool:
+        """Whether this step ends the epoch (or the fit): then workers wait for every update."""
+        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        if trainer.fit_loop.epoch_loop._num_ready_batches_reached():
+            return True
+        return trainer.max_steps >= 0 and trainer.global_step + 1 >= trainer.max_steps
+
+    @torch.no_grad()
+    def _exchange(self, grads: Optional[torch.Tensor], final: bool) -> None:
+        """Push ``grads`` (``None``: only stop) to every bucket's server and pull each bucket once its
+        server has the version this worker needs: SSP's bound, or everything when ``final``."""
+        layout = self._layout
+        assert layout is not None and self.staleness is not None
+        rank, world = self.global_rank, self.world_size
+        server = self._server or self._start_server()
+        clock = self._clock
+        if grads is None:
+            needed, flags = clock, STOP
+        else:
+            needed, flags = needed_version(clock, self.staleness, final), GRAD | (STOP if final else 0)
+            grads = grads.cpu()
+        push_group, reply_group = self._groups
+        replies: dict[int, tuple[torch.Tensor, Any]] = {}
+        for b in range(world):  # receives first, so no server ever waits on a worker to post one
+            if b != rank:
+                message = torch.empty(HEADER_SLOTS + layout.shard_size, dtype=torch.float32)
+                replies[b] = (message, dist.irecv(message, src=b, group=reply_group, tag=REPLY_TAG))
+        sends = []
+        for b in range(world):
+            lo, hi = layout.shard_range(b)
+            payload = grads[lo:hi] if grads is not None else torch.zeros(layout.shard_size)
+            message = torch.cat([encode_header(clock, self._versions[b], needed, flags), payload])
+            if b == rank:
+                server.inbox.put((rank, message))
+            else:
+                sends.append(dist.isend(message, dst=b, group=push_group, tag=PUSH_TAG))
+                self.bytes_pushed += message.numel() * message.element_size()
+        pulled = {rank: self._local_reply(server)}
+        for b, (message, work) in replies.items():
+            try:
+                work.wait()
+            except RuntimeError as err:
+                raise RuntimeError(f"no reply from the parameter server on rank {b}: {err}") from err
+            pulled[b] = message
+        for work in sends:
+            work.wait()
+        flat = self._flat_params_cpu
+        for b, message in pulled.items():
+            lo, hi = layout.shard_range(b)
+            self._versions[b] = decode_header(message)[0]
+            flat[lo:hi] = message[HEADER_SLOTS:]
+        for view, p in zip(split_like(flat, self._params), self._params):
+            p.copy_(view.view_as(p))
+        if grads is not None:
+            self._clock += 1
+        if flags & STOP:
+            self._stop_server(server)
+
+    def _local_reply(self, server: BucketServer) -> torch.Tensor:
+        timeout = self._timeout.total_seconds() if self._timeout is not None else default_pg_timeout.total_seconds()
+        try:
+            item = server.local_replies.get(timeout=timeout)
+        except Exception:
+            item = TimeoutError(f"no reply within {timeout:.0f} s (strategy timeout)")
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"parameter server on rank {self.global_rank} failed: {item}") from item
+        return item[1]
+
+    def _start_server(self) -> BucketServer:
+        assert self._layout is not None and self.staleness is not None
+        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        self._clock = trainer.global_step
+        self._versions = [self._clock] * self.world_size  # every bucket is complete when a server starts
+        self._flat_params_cpu = self._pack_params().cpu()
+        lo, hi = self._layout.shard_range(self.global_rank)
+        timeout = self._timeout.total_seconds() if self._timeout is not None else default_pg_timeout.total_seconds()
+        self._server = BucketServer(
+            rank=self.global_rank,
+            world_size=self.world_size,
+            book=ClockBook(self.world_size, self.staleness, version=self._clock),
+            params=self._flat_params_cpu[lo:hi].clone(),
+            apply=lambda grad: self._apply_to_bucket(grad).cpu(),
+            scale_stale=self.scale_stale_gradients,
+            push_group=self._groups[0],
+            reply_group=self._groups[1],
+            timeout=timeout,
+        ).start()
+        return self._server
+
+    def _stop_server(self, server: BucketServer) -> None:
+        server.join()
+        self._server = None
+        self.bytes_pulled += server.bytes_replied
+        self.staleness_counts.update(server.book.applied_staleness)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.staleness is not None and self._server is None and self._layout is not None:
+            self._start_server()  # before the forward, so this step's read versions are known
+        super().on_train_batch_start(batch, batch_idx)
+
+    def flush(self) -> None:
+        """Bring every bucket up to date on every worker (bounded staleness; a no-op otherwise).
+
+        Runs where all workers are at the same step: before validation, checkpoints and the end of fit.
+        """
+        if self._server is not None:
+            self._exchange(None, final=True)
+
+    def on_validation_start(self) -> None:
+        self.flush()
+        super().on_validation_start()
+
+    def on_train_end(self) -> None:
+        self.flush()
+        super().on_train_end()
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        self.flush()  # a checkpoint holds the model with every update, not this worker's stale view
+        return super().lightning_module_state_dict()
+
+    def teardown(self) -> None:
+        for group in self._groups:
+            if group is not None and dist.is_initialized():
+                dist.destroy_process_group(group)
+        self._groups = (None, None)
+        self._server = None
+        super().teardown()
 
     def _pack_params(self) -> torch.Tensor:
         assert self._layout is not None
@@ -252,6 +464,7 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         """The whole optimizer state in the user's optimizer format, gathered from every bucket."""
         if self._layout is None or optimizer is not self.optimizers[0]:
             return super().optimizer_state(optimizer)
+        self.flush()
         flat_states = self._gather_flat_state()
         out = optimizer.state_dict()
         out["state"] = {}
@@ -278,9 +491,13 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             return
         first = tensor_state[0]
         keys = [k for k, v in first.items() if _is_elementwise(v, self._params[0])]
-        flat = {key: torch.cat([tensor_state[i][key].reshape(-1).float() for i in range(len(self._params))]) for key in keys}
+        flat = {
+            key: torch.cat([tensor_state[i][key].reshape(-1).float() for i in range(len(self._params))]) for key in keys
+        }
         for param, segment in zip(self._shard_params, self._segments):
-            state: dict[str, Any] = {key: flat[key][segment.start : segment.stop].to(param.device).clone() for key in keys}
+            state: dict[str, Any] = {
+                key: flat[key][segment.start : segment.stop].to(param.device).clone() for key in keys
+            }
             for key, value in first.items():
                 if key not in keys:  # scalar state (Adam's step): the same for every element
                     state[key] = value.clone() if isinstance(value, torch.Tensor) else value
@@ -328,7 +545,16 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             return {}
         param = self._shard_params[0]
         state = self._shard_optimizer.state.get(param, {})
-        return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items() if not _is_elementwise(v, param)}
+        return {
+            k: (v.clone() if isinstance(v, torch.Tensor) else v)
+            for k, v in state.items()
+            if not _is_elementwise(v, param)
+        }
+
+
+def _raise_if_sigterm(trainer: Trainer) -> None:
+    if trainer.received_sigterm:
+        raise SIGTERMException()
 
 
 def _is_elementwise(value: Any, param: torch.Tensor) -> bool:

@@ -1,0 +1,140 @@
+"""Issue 4, bounded-staleness mode: SSP bookkeeping against its definition, and two real processes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fl_testing import _DIST_ENV
+from lightning_fl import FederatedConfigError, ParameterServerStrategy
+from lightning_fl.staleness import ClockBook, Push, combine, needed_version, staleness_weight
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_ps_ssp.py")
+STALENESS = 2  # the bound the slow-worker run uses
+
+
+# ---------------------------------------------------------------- bookkeeping (pure)
+def _push(worker, clock, read_version, value=1.0):
+    return Push(worker, clock, read_version, torch.full((3,), float(value)))
+
+
+def test_an_update_waits_for_every_worker_of_its_clock():
+    book = ClockBook(num_workers=2, staleness=1)
+    book.add(_push(0, 0, 0, 1.0))
+    book.add(_push(0, 1, 0, 5.0))  # worker 0 runs one step ahead
+    assert book.pop_complete() is None  # clock 0 still lacks worker 1
+    book.add(_push(1, 0, 0, 3.0))
+    pushes = book.pop_complete()
+    assert [p.worker for p in pushes] == [0, 1]
+    assert torch.equal(combine(pushes, scale_stale=False), torch.full((3,), 2.0))
+    book.advance()
+    assert book.version == 1 and book.pop_complete() is None  # clock 1 lacks worker 1
+    assert book.applied_staleness == {0: 2}
+
+
+def test_a_push_staler_than_the_bound_is_refused_not_applied():
+    book = ClockBook(num_workers=2, staleness=1)
+    with pytest.raises(RuntimeError, match="staleness 2 outside"):
+        book.add(_push(0, 2, 0))
+    with pytest.raises(RuntimeError, match="twice"):
+        book.add(_push(0, 0, 0))
+        book.add(_push(0, 0, 0))
+
+
+def test_workers_are_answered_once_their_version_exists():
+    book = ClockBook(num_workers=2, staleness=1)
+    book.wait(0, needed_version(0, staleness=1, final=False))  # version 0: at once
+    book.wait(1, needed_version(0, staleness=1, final=True))  # version 1: after update 0
+    assert book.due() == [0] and book.has_waiting()
+    book.add(_push(0, 0, 0))
+    book.add(_push(1, 0, 0))
+    book.pop_complete()
+    book.advance()
+    assert book.due() == [1] and not book.has_waiting()
+
+
+def test_needed_version_is_ssp_bound():
+    # Before step c + 1 a worker needs every update up to clock c + 1 - s - 1.
+    assert [needed_version(c, 3, final=False) for c in range(6)] == [0, 0, 0, 1, 2, 3]
+    assert [needed_version(c, 0, final=False) for c in range(3)] == [1, 2, 3]  # s = 0: synchronous
+    assert needed_version(4, 3, final=True) == 5
+
+
+def test_stale_gradients_are_weighted_by_one_over_staleness():
+    assert [staleness_weight(t) for t in range(5)] == [1.0, 1.0, 0.5, 1 / 3, 0.25]
+    pushes = [_push(0, 4, 4, 2.0), _push(1, 4, 1, 6.0)]  # staleness 0 and 3
+    assert torch.allclose(combine(pushes, scale_stale=True), torch.full((3,), (2.0 + 6.0 / 3) / 2))
+    assert torch.allclose(combine(pushes, scale_stale=False), torch.full((3,), 4.0))
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
+def test_bad_staleness_setting_is_a_one_line_error(value):
+    with pytest.raises(FederatedConfigError, match="staleness must be"):
+        ParameterServerStrategy(staleness=value)
+
+
+# ---------------------------------------------------------------- two processes
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ssp") / "results.pt"
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    proc = subprocess.run([sys.executable, SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(out, weights_only=False)
+
+
+def _diff(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_staleness_zero_equals_the_synchronous_mode(results, optimizer):
+    assert _diff(results[f"{optimizer}-None"], results[f"{optimizer}-0"]) <= 1e-6
+
+
+@pytest.mark.distributed
+def test_no_gradient_older_than_the_bound_is_applied_with_a_slow_worker(results):
+    slow = results["slow"]
+    steps = slow["global_step"]
+    # Worker side, recorded by a callback just before each push: step c's gradient came from version v of
+    # each bucket, so it is c - v updates old when applied.
+    staleness = [[c - v for c, versions in slow["read_versions"][rank] for v in versions] for rank in (0, 1)]
+    assert max(max(s) for s in staleness) <= STALENESS
+    assert max(staleness[0]) == STALENESS  # the fast worker really ran ahead, as far as allowed
+    # Server side: the staleness of every gradient each bucket applied.
+    for counts in slow["staleness_counts"]:
+        assert max(counts) <= STALENESS and counts.get(STALENESS, 0) > 0
+        assert sum(counts.values()) == 2 * steps  # every gradient of both workers was applied, once
+    assert slow["logged_staleness_max"] == STALENESS
+
+
+@pytest.mark.distributed
+def test_the_fast_worker_never_runs_more_than_staleness_steps_ahead(results):
+    # From wall-clock times alone: fast rank 0 may start step c only after slow rank 1 pushed step c - s - 1.
+    starts = dict(results["slow"]["starts"][0])
+    pushes = dict(results["slow"]["pushes"][1])
+    checked = 0
+    for c, t in starts.items():
+        if c - STALENESS - 1 in pushes:
+            assert t >= pushes[c - STALENESS - 1]
+            checked += 1
+    assert checked >= 10
+    # ... and it did use its lead: some step started before rank 1 had pushed the previous step.
+    assert any(c - 1 in pushes and t < pushes[c - 1] for c, t in starts.items())
+
+
+@pytest.mark.distributed
+def test_every_rank_holds_the_whole_model_after_fit_and_it_learned(results):
+    final = results["slow"]["final"]
+    assert _diff(final[0], final[1]) == 0.0
+    assert results["slow"]["val_acc"] > 0.9
+
+
+@pytest.mark.distributed
+def test_a_mid_epoch_checkpoint_holds_every_update(results):
+    checkpoint = torch.load(results["ckpt"]["path"], weights_only=False)["state_dict"]
+    for rank_state in results["ckpt"]["states_at_6"]:
+        assert _diff(rank_state, {k: checkpoint[k] for k in rank_state}) == 0.0
