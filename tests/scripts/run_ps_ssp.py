@@ -22,13 +22,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
 
 import lightning_fl  # noqa: E402,F401
 from fl_testing import AdamModule, TinyData, TinyModule, float_state  # noqa: E402
+from lightning_fl import ParameterServerStrategy  # noqa: E402
+
+SLOW_SECONDS = 0.03
 
 
 def parameters(module):
     return {k: v.detach().clone() for k, v in module.named_parameters()}
-from lightning_fl import ParameterServerStrategy  # noqa: E402
-
-SLOW_SECONDS = 0.03
 
 
 class SlowOnRank1(TinyModule):
