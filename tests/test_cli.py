@@ -132,7 +132,11 @@ def test_configs_mirror_the_python_api_one_to_one():
     assert _fields(MNISTDataConfig) == _init_params(MNISTDataModule)
     assert _fields(ImageClassifierConfig) == _init_params(ImageClassifier, skip=("in_shape", "num_classes"))
     assert _fields(TrainerConfig) <= _init_params(L.Trainer)
-    for cfg, cls in ((FedAvgConfig, FedAvgStrategy), (ImageClassifierConfig, ImageClassifier)):
+    for cfg, cls in (
+        (FedAvgConfig, FedAvgStrategy),
+        (ParameterServerConfig, ParameterServerStrategy),
+        (ImageClassifierConfig, ImageClassifier),
+    ):
         defaults = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()}
         for f in dataclasses.fields(cfg):
             if f.name in defaults and isinstance(f.default, (int, float, str, bool, type(None))):
@@ -142,16 +146,18 @@ def test_configs_mirror_the_python_api_one_to_one():
 
 
 @pytest.mark.distributed
-def test_parameter_server_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("preset", ["parameter_server", "parameter_server_ssp"])
+def test_parameter_server_from_the_command_line(tmp_path, preset):
     proc = run_cli(
-        ["strategy=parameter_server", "trainer.devices=2", "trainer.max_epochs=1", "test=false",
+        [f"strategy={preset}", "trainer.devices=2", "trainer.max_epochs=1", "test=false",
          "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}/run"],
         cwd=tmp_path,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 1/1" in proc.stdout and "done after 1 epochs" in proc.stdout  # no federated rounds here
-    rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text()
-    assert "ps/push_bytes" in rows and "val_acc" in rows
+    header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "ps/push_bytes" in header and "val_acc" in header
+    assert ("ps/staleness_max" in header) == (preset == "parameter_server_ssp")
 
 
 def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):

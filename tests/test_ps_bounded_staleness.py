@@ -138,3 +138,25 @@ def test_a_mid_epoch_checkpoint_holds_every_update(results):
     checkpoint = torch.load(results["ckpt"]["path"], weights_only=False)["state_dict"]
     for rank_state in results["ckpt"]["states_at_6"]:
         assert _diff(rank_state, {k: checkpoint[k] for k in rank_state}) == 0.0
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("failure", ["exception", "sigkill"])
+def test_a_failed_worker_and_server_ends_the_job_with_a_clear_error(tmp_path, failure):
+    import json
+    import time
+
+    # Rank 1 is a worker and the server of bucket 1; it fails in the middle of its second epoch.
+    options = {"parameter_server": {"staleness": 2, "timeout": 30}, "rounds": 3}
+    options.update({"module": {"crash_on_rank": 1}} if failure == "exception" else {"kill_rank": 1})
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_fedavg.py")
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, script, str(tmp_path / "out.pt"), "2", "{}", json.dumps(options)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    expected = "simulated client crash on rank 1" if failure == "exception" else "parameter server on rank 1"
+    assert expected in proc.stderr, proc.stderr[-3000:]
+    assert time.monotonic() - start < 90  # the 30 s timeout at most, plus start-up; never a hang

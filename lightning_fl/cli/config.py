@@ -39,6 +39,8 @@ class ParameterServerConfig:
     process_group_backend: Optional[str] = None
     timeout: float = 1800.0
     start_method: str = "popen"
+    staleness: Optional[int] = None  # null: synchronous; s >= 0: stale synchronous parallel with bound s
+    scale_stale_gradients: bool = True
 
 
 @dataclass

@@ -6,6 +6,7 @@ Usage: python run_fedavg.py OUT.pt DEVICES [json-encoded strategy kwargs] [json-
 
 import json
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,6 +16,17 @@ import torch  # noqa: E402
 
 import lightning_fl  # noqa: E402,F401
 from fl_testing import TinyData, seeded_module  # noqa: E402
+
+
+class KillRank(L.Callback):
+    """SIGKILLs rank ``rank`` in the middle of its second epoch: no exception, no goodbye, as an OOM kill."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.current_epoch == 1 and batch_idx == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:
@@ -28,8 +40,13 @@ def main() -> None:
         import functools
 
         strategy_kwargs["server_optimizer"] = functools.partial(torch.optim.SGD, **server)
-    # "by_name": use the registered name, e.g. Trainer(strategy="fedavg"), with its defaults
-    strategy = options.get("by_name") or lightning_fl.FedAvgStrategy(**strategy_kwargs)
+    # "by_name": use the registered name, e.g. Trainer(strategy="fedavg"), with its defaults;
+    # "parameter_server": ParameterServerStrategy with the given kwargs instead of FedAvg.
+    if "parameter_server" in options:
+        strategy = lightning_fl.ParameterServerStrategy(**options["parameter_server"])
+    else:
+        strategy = options.get("by_name") or lightning_fl.FedAvgStrategy(**strategy_kwargs)
+    callbacks = [KillRank(options["kill_rank"])] if "kill_rank" in options else []
     trainer = L.Trainer(
         strategy=strategy,
         accelerator="cpu",
@@ -40,6 +57,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        callbacks=callbacks,
     )
     try:
         trainer.fit(module, data)
