@@ -69,6 +69,82 @@ def test_stale_gradients_are_weighted_by_one_over_staleness():
     assert torch.allclose(combine(pushes, scale_stale=False), torch.full((3,), 4.0))
 
 
+# ---------------------------------------------------------------- the serving loop, without the network
+def _server_loop(world_size=2, version=5):
+    import threading
+
+    from lightning_fl.strategies.ssp_server import BucketServer
+
+    applied = []
+
+    def apply(grad):
+        applied.append(grad.clone())
+        return grad.clone()
+
+    server = BucketServer(
+        rank=0, world_size=world_size, book=ClockBook(world_size, 1, version=version), params=torch.zeros(3),
+        apply=apply, scale_stale=False, push_group=None, reply_group=None, timeout=10,
+    )  # fmt: skip
+    replies = []
+    server._reply = lambda worker: replies.append((worker, server.book.version))  # instead of a gloo send
+    thread = threading.Thread(target=server._serve, daemon=True)
+    thread.start()
+    return server, thread, replies, applied
+
+
+def _message(clock, read_version, needed, flags, value=0.0):
+    from lightning_fl.strategies.ssp_server import encode_header
+
+    return torch.cat([encode_header(clock, read_version, needed, flags), torch.full((3,), value)])
+
+
+def test_the_server_applies_a_clock_once_complete_and_answers_at_the_ssp_bound():
+    from lightning_fl.strategies.ssp_server import GRAD, STOP
+
+    server, thread, replies, applied = _server_loop()
+    server.inbox.put((0, _message(5, 5, needed_version(5, 1, False), GRAD, 2.0)))
+    _wait_for(lambda: replies == [(0, 5)])  # s = 1: version 5 is recent enough, answered before any update
+    server.inbox.put((1, _message(5, 5, needed_version(5, 1, False), GRAD, 4.0)))
+    _wait_for(lambda: len(replies) == 2)
+    assert replies[1] == (1, 6) and torch.equal(applied[0], torch.full((3,), 3.0))  # the mean, one update
+    for worker in (0, 1):
+        server.inbox.put((worker, _message(6, 6, 6, STOP)))
+    thread.join(10)
+    assert not thread.is_alive() and server.error is None
+
+
+def test_a_stopped_worker_is_answered_only_once_every_worker_has_stopped():
+    from lightning_fl.strategies.ssp_server import STOP
+
+    server, thread, replies, _ = _server_loop()
+    server.inbox.put((0, _message(5, 5, 5, STOP)))  # worker 0 flushes (validation) at step 5
+    thread.join(0.3)
+    assert replies == []  # held: the server has not yet read worker 1's last message of the epoch
+    server.inbox.put((1, _message(5, 5, 5, STOP)))
+    thread.join(10)
+    assert sorted(replies) == [(0, 5), (1, 5)] and not thread.is_alive()
+
+
+def test_workers_stopping_at_different_steps_is_an_error_not_a_hang():
+    from lightning_fl.strategies.ssp_server import GRAD, STOP
+
+    server, thread, replies, _ = _server_loop()
+    server.inbox.put((0, _message(5, 5, 5, STOP)))
+    server.inbox.put((1, _message(5, 5, 6, GRAD | STOP)))  # worker 1 stops after one more step
+    thread.join(10)
+    assert "workers stopped at different steps {0: 5, 1: 6}" in str(server.error)
+    assert isinstance(server.local_replies.get(timeout=1), RuntimeError)  # the local worker is told
+
+
+def _wait_for(condition, seconds=10.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
 def test_bad_staleness_setting_is_a_one_line_error(value):
     with pytest.raises(FederatedConfigError, match="staleness must be"):
@@ -160,3 +236,20 @@ def test_a_failed_worker_and_server_ends_the_job_with_a_clear_error(tmp_path, fa
     expected = "simulated client crash on rank 1" if failure == "exception" else "parameter server on rank 1"
     assert expected in proc.stderr, proc.stderr[-3000:]
     assert time.monotonic() - start < 90  # the 30 s timeout at most, plus start-up; never a hang
+
+
+@pytest.mark.distributed
+def test_three_workers_with_validation_inside_epochs(tmp_path):
+    # Three workers make a server hear the workers' stops one by one; validation twice per epoch makes
+    # them stop (flush) while training is under way. staleness=0 must still equal the synchronous mode.
+    from fl_testing import run_script
+
+    base = {"module": {"batchnorm": False}, "rounds": 2, "trainer": {"val_check_interval": 0.5}}
+    runs = {
+        s: run_script(tmp_path, 3, {}, {**base, "parameter_server": {"staleness": s, "timeout": 60}})
+        for s in (None, 0, 2)
+    }
+    assert _diff(runs[None]["state"], runs[0]["state"]) <= 1e-6
+    for result in runs.values():
+        assert result["rank_spread"] == 0.0  # every rank holds the same, complete model
+        assert result["metrics"]["val_acc"] > 0.9

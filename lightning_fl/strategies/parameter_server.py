@@ -14,6 +14,7 @@ sharded, 1/S per rank), and workers pull the updated buckets.
 from __future__ import annotations
 
 import copy
+import queue
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -124,6 +125,7 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         self._clock = 0  # this worker's steps, the same count as trainer.global_step
         self._versions: list[int] = []  # version of each bucket this worker last read
         self._flat_params_cpu = torch.empty(0)  # this worker's view of the whole model, bucket by bucket
+        self._patched_loop: Any = None  # the epoch loop whose per-batch SIGTERM broadcast is replaced
 
     # ------------------------------------------------------------------ launch and setup
     def _preflight(self, trainer: Trainer) -> None:
@@ -187,7 +189,7 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             return
         # Push and reply messages get process groups of their own, so they never interleave with the
         # collectives Lightning runs in the default group (the default group may be NCCL; these are gloo).
-        timeout = self._timeout if self._timeout is not None else default_pg_timeout
+        timeout = timedelta(seconds=self._timeout_seconds)
         self._groups = (
             dist.new_group(backend="gloo", timeout=timeout),
             dist.new_group(backend="gloo", timeout=timeout),
@@ -195,8 +197,12 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         # Lightning broadcasts a SIGTERM flag over the default group on every batch, which would hold all
         # workers in lock step. Workers check their own flag instead; a rank that stops ends the others
         # through their message timeouts.
-        epoch_loop = trainer.fit_loop.epoch_loop
+        self._patched_loop = epoch_loop = trainer.fit_loop.epoch_loop
         epoch_loop._broadcast_sigterm_tensor = lambda: _raise_if_sigterm(trainer)  # type: ignore[method-assign]
+
+    @property
+    def _timeout_seconds(self) -> float:
+        return (self._timeout if self._timeout is not None else default_pg_timeout).total_seconds()
 
     def _align_module_state(self, module: LightningModule) -> None:
         """Start every rank from rank 0's parameters and buffers."""
@@ -373,11 +379,10 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             self._stop_server(server)
 
     def _local_reply(self, server: BucketServer) -> torch.Tensor:
-        timeout = self._timeout.total_seconds() if self._timeout is not None else default_pg_timeout.total_seconds()
         try:
-            item = server.local_replies.get(timeout=timeout)
-        except Exception:
-            item = TimeoutError(f"no reply within {timeout:.0f} s (strategy timeout)")
+            item = server.local_replies.get(timeout=self._timeout_seconds)
+        except queue.Empty:
+            item = TimeoutError(f"no reply within {self._timeout_seconds:.0f} s (strategy timeout)")
         if isinstance(item, BaseException):
             raise RuntimeError(f"parameter server on rank {self.global_rank} failed: {item}") from item
         return item[1]
@@ -389,7 +394,6 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         self._versions = [self._clock] * self.world_size  # every bucket is complete when a server starts
         self._flat_params_cpu = self._pack_params().cpu()
         lo, hi = self._layout.shard_range(self.global_rank)
-        timeout = self._timeout.total_seconds() if self._timeout is not None else default_pg_timeout.total_seconds()
         self._server = BucketServer(
             rank=self.global_rank,
             world_size=self.world_size,
@@ -399,7 +403,7 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             scale_stale=self.scale_stale_gradients,
             push_group=self._groups[0],
             reply_group=self._groups[1],
-            timeout=timeout,
+            timeout=self._timeout_seconds,
         ).start()
         return self._server
 
@@ -440,6 +444,9 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
                 dist.destroy_process_group(group)
         self._groups = (None, None)
         self._server = None
+        if self._patched_loop is not None:
+            self._patched_loop.__dict__.pop("_broadcast_sigterm_tensor", None)  # Lightning's own again
+            self._patched_loop = None
         super().teardown()
 
     def _pack_params(self) -> torch.Tensor:

@@ -93,6 +93,8 @@ class BucketServer:
             thread.join(self._timeout)
         if self.error is not None:
             raise RuntimeError(f"parameter server on rank {self.rank} failed: {self.error}") from self.error
+        if any(thread.is_alive() for thread in self._threads):
+            raise RuntimeError(f"parameter server on rank {self.rank} did not finish within {self._timeout:.0f} s")
 
     # ------------------------------------------------------------------ threads
     def _receive(self) -> None:
@@ -111,6 +113,10 @@ class BucketServer:
 
     def _serve(self) -> None:
         stopped: dict[int, int] = {}  # worker -> the clock it stopped at
+        # A stopped worker is answered only once every worker has stopped: its reply then also says that
+        # this server has read the last message of the epoch from everyone, so the worker's next message
+        # (next epoch, after validation) can only reach the next receiving thread, never this one.
+        held: dict[int, int] = {}  # stopped worker -> the version it needs
         try:
             while len(stopped) < self.world_size or self.book.has_waiting():
                 try:
@@ -126,14 +132,19 @@ class BucketServer:
                 clock, read_version, needed, flags = decode_header(message)
                 if flags & GRAD:
                     self.book.add(Push(worker, clock, read_version, message[HEADER_SLOTS:]))
-                self.book.wait(worker, needed)
                 if flags & STOP:
                     stopped[worker] = clock + 1 if flags & GRAD else clock
-                    if len(stopped) == self.world_size and len(set(stopped.values())) > 1:
-                        raise RuntimeError(
-                            f"workers stopped at different steps {stopped}: every rank must run the same "
-                            "number of training batches (did a callback stop one rank only?)"
-                        )
+                    held[worker] = needed
+                    if len(stopped) == self.world_size:
+                        if len(set(stopped.values())) > 1:
+                            raise RuntimeError(
+                                f"workers stopped at different steps {stopped}: every rank must run the same "
+                                "number of training batches (did a callback stop one rank only?)"
+                            )
+                        for waiting, version in held.items():
+                            self.book.wait(waiting, version)
+                else:
+                    self.book.wait(worker, needed)
                 while (pushes := self.book.pop_complete()) is not None:
                     self.params = self._apply(combine(pushes, self._scale_stale))
                     self.book.advance()

@@ -58,6 +58,7 @@ def main() -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
+        **options.get("trainer", {}),
     )
     try:
         trainer.fit(module, data)
