@@ -217,13 +217,14 @@ def test_a_mid_epoch_checkpoint_holds_every_update(results):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("failure", ["exception", "sigkill"])
-def test_a_failed_worker_and_server_ends_the_job_with_a_clear_error(tmp_path, failure):
+@pytest.mark.parametrize(("staleness", "failure"), [(2, "exception"), (2, "sigkill"), (None, "sigkill")])
+def test_a_failed_worker_and_server_ends_the_job_with_a_clear_error(tmp_path, staleness, failure):
     import json
     import time
 
     # Rank 1 is a worker and the server of bucket 1; it fails in the middle of its second epoch.
-    options = {"parameter_server": {"staleness": 2, "timeout": 30}, "rounds": 3}
+    # (The synchronous mode with an exception: tests/test_parameter_server.py.)
+    options = {"parameter_server": {"staleness": staleness, "timeout": 30}, "rounds": 3}
     options.update({"module": {"crash_on_rank": 1}} if failure == "exception" else {"kill_rank": 1})
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_fedavg.py")
     env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
@@ -233,7 +234,10 @@ def test_a_failed_worker_and_server_ends_the_job_with_a_clear_error(tmp_path, fa
         env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode != 0
-    expected = "simulated client crash on rank 1" if failure == "exception" else "parameter server on rank 1"
+    expected = {
+        "exception": "simulated client crash on rank 1",
+        "sigkill": "no reply from the parameter server on rank 1" if staleness is not None else "parameter server push",
+    }[failure]
     assert expected in proc.stderr, proc.stderr[-3000:]
     assert time.monotonic() - start < 90  # the 30 s timeout at most, plus start-up; never a hang
 

@@ -13,10 +13,11 @@ sharded, 1/S per rank), and workers pull the updated buckets.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import queue
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Literal, Optional
 
@@ -286,7 +287,8 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         lo, hi = layout.shard_range(self.global_rank)
         if world > 1:
             shard_grad = torch.empty(layout.shard_size, dtype=grads.dtype, device=grads.device)
-            dist.reduce_scatter_tensor(shard_grad, grads, op=dist.ReduceOp.SUM)  # push
+            with _naming_failure("push (reduce-scatter of the gradients)"):
+                dist.reduce_scatter_tensor(shard_grad, grads, op=dist.ReduceOp.SUM)
             shard_grad.div_(world)  # the mean over workers, as DDP takes it
             self.bytes_pushed += _reduce_scatter_bytes(grads, world, dist.get_backend())
         else:
@@ -294,7 +296,8 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         updated = self._apply_to_bucket(shard_grad)
         if world > 1:
             full = torch.empty(layout.padded_numel, dtype=updated.dtype, device=updated.device)
-            dist.all_gather_into_tensor(full, updated)  # pull
+            with _naming_failure("pull (all-gather of the parameters)"):
+                dist.all_gather_into_tensor(full, updated)
             self.bytes_pulled += _all_gather_bytes(full, world)
         else:
             full = updated
@@ -557,6 +560,15 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             for k, v in state.items()
             if not _is_elementwise(v, param)
         }
+
+
+@contextlib.contextmanager
+def _naming_failure(what: str) -> Iterator[None]:
+    """Say which step of the parameter server failed when a peer dies or hangs (gloo's message does not)."""
+    try:
+        yield
+    except RuntimeError as err:
+        raise RuntimeError(f"parameter server {what} failed; another process died or timed out: {err}") from err
 
 
 def _raise_if_sigterm(trainer: Trainer) -> None:
