@@ -11,7 +11,9 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -26,6 +28,8 @@ from torch import Tensor
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 MNIST_TRAIN_SIZE = 60_000
+# Set by an earlier Lightning launch in the calling process; a child run must pick its own.
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -216,3 +220,17 @@ def no_worker_warning() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         yield
 
+
+
+def run_child(cmd: Sequence[str], what: str) -> dict[str, Any]:
+    """Run a benchmark's child command (Lightning's popen launcher re-runs it for the other ranks) with
+    ``--child-out PATH`` appended; rank 0 writes its results there as JSON. Exit with one error naming
+    ``what`` and the child's last lines if it fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+        proc = subprocess.run([*cmd, "--child-out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.is_file():
+            tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
+            sys.exit(f"error: {what} failed (exit {proc.returncode}):\n{tail}")
+        return json.loads(out.read_text())

@@ -30,18 +30,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run as a script from anywhere
 
 from _common import (  # noqa: E402
-    REPO_ROOT,
     add_common_args,
     apply_threads,
     bench_trainer,
@@ -51,10 +48,10 @@ from _common import (  # noqa: E402
     median,
     no_worker_warning,
     plot_lines,
+    run_child,
     write_json,
 )
 
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 # MLP(784 -> h -> 10) has 795h + 10 parameters: ~10k, ~100k, ~1M; then the paper's CNN.
 DEFAULT_MODELS = ("mlp:13", "mlp:126", "mlp:1258", "mcmahan_cnn")
 WORLD = 2
@@ -266,27 +263,20 @@ def netns_available() -> bool:
 
 
 def launch(args: argparse.Namespace, use_netns: bool) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable, str(Path(__file__).resolve()), "--child-out", str(out),
-            "--models", ",".join(args.model_list),
-            "--rounds", str(args.rounds), "--ps-steps", str(args.ps_steps), "--batch-size", str(args.batch_size),
-            "--steps-per-client", str(args.steps_per_client), "--lr", repr(args.lr), "--seed", str(args.seed),
-            "--threads", str(args.threads), "--data", str(args.data),
-            "--calibration-numel", str(args.calibration_numel),
-        ]  # fmt: skip
-        if args.synthetic:
-            cmd.append("--synthetic")
-        if use_netns:
-            # A private lo (down in a new namespace until raised); rank 1, started by rank 0, inherits it.
-            cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *cmd]
-        env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not out.is_file():
-            tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
-            sys.exit(f"error: the 2-process run failed (exit {proc.returncode}):\n{tail}")
-        return json.loads(out.read_text())
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()),
+        "--models", ",".join(args.model_list),
+        "--rounds", str(args.rounds), "--ps-steps", str(args.ps_steps), "--batch-size", str(args.batch_size),
+        "--steps-per-client", str(args.steps_per_client), "--lr", repr(args.lr), "--seed", str(args.seed),
+        "--threads", str(args.threads), "--data", str(args.data),
+        "--calibration-numel", str(args.calibration_numel),
+    ]  # fmt: skip
+    if args.synthetic:
+        cmd.append("--synthetic")
+    if use_netns:
+        # A private lo (down in a new namespace until raised); rank 1, started by rank 0, inherits it.
+        cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', *cmd]
+    return run_child(cmd, "the 2-process run")
 
 
 def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:

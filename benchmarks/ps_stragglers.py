@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -39,7 +37,6 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run as a script from anywhere
 
 from _common import (  # noqa: E402
-    REPO_ROOT,
     add_common_args,
     bench_trainer,
     check_data,
@@ -47,11 +44,11 @@ from _common import (  # noqa: E402
     load_mnist_train,
     median,
     no_worker_warning,
+    run_child,
     write_json,
 )
 from straggler_model import CONDITIONS, extra_sleep, finish_time, speedup  # noqa: E402
 
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 WORKERS = 2
 STRATEGIES = ("ddp", "ps_sync", "ps_ssp1", "ps_ssp3")
 STALENESS = {"ps_sync": None, "ps_ssp1": 1, "ps_ssp3": 3}
@@ -173,22 +170,15 @@ def child(args: argparse.Namespace) -> None:
 
 
 def launch(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable, str(Path(__file__).resolve()), "--child-out", str(out),
-            "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-            "--calibration-steps", str(args.calibration_steps), "--repeats", str(args.repeats),
-            "--lr", repr(args.lr), "--seed", str(args.seed), "--data", str(args.data),
-        ]  # fmt: skip
-        if args.synthetic:
-            cmd.append("--synthetic")
-        env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not out.is_file():
-            tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
-            sys.exit(f"error: the 2-process run failed (exit {proc.returncode}):\n{tail}")
-        return json.loads(out.read_text())
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()),
+        "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+        "--calibration-steps", str(args.calibration_steps), "--repeats", str(args.repeats),
+        "--lr", repr(args.lr), "--seed", str(args.seed), "--data", str(args.data),
+    ]  # fmt: skip
+    if args.synthetic:
+        cmd.append("--synthetic")
+    return run_child(cmd, "the 2-process run")
 
 
 def simulated_ratio(condition: str, staleness: int, steps: int, compute: float, seed: int) -> float:

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -33,7 +31,6 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run as a script from anywhere
 
 from _common import (  # noqa: E402
-    REPO_ROOT,
     add_common_args,
     apply_threads,
     bench_trainer,
@@ -42,10 +39,10 @@ from _common import (  # noqa: E402
     load_mnist_train,
     median,
     no_worker_warning,
+    run_child,
     write_json,
 )
 
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 TARGET_RATIO = 0.8
 OPTIMIZERS = ("sgd_momentum", "adam")
 STRATEGIES = ("ddp", "parameter_server")
@@ -190,22 +187,15 @@ def child(args: argparse.Namespace) -> None:
 
 
 def launch(args: argparse.Namespace, devices: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable, str(Path(__file__).resolve()), "--child-devices", str(devices), "--child-out", str(out),
-            "--batch-size", str(args.batch_size), "--warmup-steps", str(args.warmup_steps), "--steps", str(args.steps),
-            "--repeats", str(args.repeats), "--lr", repr(args.lr), "--seed", str(args.seed),
-            "--threads", str(args.threads), "--data", str(args.data),
-        ]  # fmt: skip
-        if args.synthetic:
-            cmd.append("--synthetic")
-        env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not out.is_file():
-            tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
-            sys.exit(f"error: the {devices}-process run failed (exit {proc.returncode}):\n{tail}")
-        return json.loads(out.read_text())
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--child-devices", str(devices),
+        "--batch-size", str(args.batch_size), "--warmup-steps", str(args.warmup_steps), "--steps", str(args.steps),
+        "--repeats", str(args.repeats), "--lr", repr(args.lr), "--seed", str(args.seed),
+        "--threads", str(args.threads), "--data", str(args.data),
+    ]  # fmt: skip
+    if args.synthetic:
+        cmd.append("--synthetic")
+    return run_child(cmd, f"the {devices}-process run")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -34,9 +34,7 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -44,7 +42,6 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run as a script from anywhere
 
 from _common import (  # noqa: E402
-    REPO_ROOT,
     add_common_args,
     apply_threads,
     bench_trainer,
@@ -55,11 +52,11 @@ from _common import (  # noqa: E402
     median,
     no_worker_warning,
     plot_lines,
+    run_child,
     write_json,
 )
 
 # Set by Lightning's launcher or a surrounding pytest; a fresh child must pick its own port and ranks.
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -161,24 +158,17 @@ def child(args: argparse.Namespace) -> None:
 
 
 def measure(args: argparse.Namespace, num_clients: int, devices: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable, str(Path(__file__).resolve()),
-            "--child-clients", str(num_clients), "--child-devices", str(devices), "--child-out", str(out),
-            "--train-subset", str(args.train_subset), "--fraction", repr(args.fraction),
-            "--batch-size", str(args.batch_size), "--rounds", str(args.rounds), "--lr", repr(args.lr),
-            "--seed", str(args.seed), "--threads", str(args.threads), "--data", str(args.data),
-            "--clients", str(num_clients), "--process-clients", str(num_clients),
-        ]  # fmt: skip
-        if args.synthetic:
-            cmd.append("--synthetic")
-        env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not out.is_file():
-            tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
-            sys.exit(f"error: N={num_clients}, devices={devices} failed (exit {proc.returncode}):\n{tail}")
-        return json.loads(out.read_text())
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()),
+        "--child-clients", str(num_clients), "--child-devices", str(devices),
+        "--train-subset", str(args.train_subset), "--fraction", repr(args.fraction),
+        "--batch-size", str(args.batch_size), "--rounds", str(args.rounds), "--lr", repr(args.lr),
+        "--seed", str(args.seed), "--threads", str(args.threads), "--data", str(args.data),
+        "--clients", str(num_clients), "--process-clients", str(num_clients),
+    ]  # fmt: skip
+    if args.synthetic:
+        cmd.append("--synthetic")
+    return run_child(cmd, f"N={num_clients}, devices={devices}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
