@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     check_data,
     format_table,
     load_mnist_train,
+    make_minimal_module,
     median,
     no_worker_warning,
     run_child,
@@ -79,26 +80,10 @@ def child(args: argparse.Namespace) -> None:
     import lightning as L
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
     from lightning.pytorch.callbacks import Callback
-    from torch import Tensor
     from torch.utils.data import DataLoader, TensorDataset
 
     from lightning_fl import ParameterServerStrategy
-    from lightning_fl.models import McMahanCNN
-
-    class CNNModule(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(args.seed)  # the same initial weights in every fit
-            self.net = McMahanCNN(1, 10, 28)
-
-        def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-            x, y = batch
-            return F.cross_entropy(self.net(x), y)
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=args.lr)
 
     class Stragglers(Callback):
         """Sleeps before each batch as the straggler model says; times compute and the whole fit."""
@@ -130,8 +115,9 @@ def child(args: argparse.Namespace) -> None:
             strategy=chosen, devices=WORKERS, max_steps=steps, max_epochs=1, limit_val_batches=0, callbacks=[callback]
         )
         loader = DataLoader(TensorDataset(x[: n(steps)], y[: n(steps)]), batch_size=args.batch_size, shuffle=False)
+        torch.manual_seed(args.seed)  # the same initial weights in every fit
         with no_worker_warning():
-            trainer.fit(CNNModule(), train_dataloaders=loader)
+            trainer.fit(make_minimal_module(args.lr), train_dataloaders=loader)
 
     def n(steps: int) -> int:
         return args.batch_size * WORKERS * steps  # one epoch holds every step; each rank gets its half
