@@ -151,6 +151,26 @@ def test_bad_staleness_setting_is_a_one_line_error(value):
         ParameterServerStrategy(staleness=value)
 
 
+def test_one_process_with_staleness_equals_the_synchronous_mode():
+    # One worker is never stale: the server thread and its queues must reproduce the synchronous steps.
+    import lightning as L
+
+    from fl_testing import AdamModule, TinyData
+
+    states = []
+    for staleness in (None, 2):
+        torch.manual_seed(1)
+        module = AdamModule()
+        trainer = L.Trainer(
+            strategy=ParameterServerStrategy(staleness=staleness), accelerator="cpu", devices=1, max_epochs=2,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(module, TinyData(batch_size=16))
+        states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert trainer.strategy.staleness_counts == {0: trainer.global_step}
+
+
 # ---------------------------------------------------------------- two processes
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
