@@ -38,7 +38,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from lightning_fl.aggregation import WeightedSum, all_finite
-from lightning_fl.errors import FederatedConfigError, check
+from lightning_fl.errors import FederatedConfigError, check, is_int
 from lightning_fl.model_state import FlatModelState, split_like
 from lightning_fl.partition import PARTITIONS, Partition, dataset_labels, make_partition
 from lightning_fl.sampling import num_client_batches, sample_clients
@@ -107,10 +107,10 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
     ) -> None:
         check(partition in PARTITIONS, f"partition must be one of {', '.join(PARTITIONS)}; got '{partition}'")
         if num_clients is not None:
-            check(_is_int(num_clients) and num_clients >= 1, f"num_clients must be an integer >= 1, got {num_clients}")
+            check(is_int(num_clients) and num_clients >= 1, f"num_clients must be an integer >= 1, got {num_clients}")
         if clients_per_round is not None:
             check(
-                _is_int(clients_per_round) and clients_per_round >= 1,
+                is_int(clients_per_round) and clients_per_round >= 1,
                 f"clients_per_round must be an integer >= 1, got {clients_per_round}",
             )
             if partition != "silo":
@@ -119,13 +119,13 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                     clients_per_round <= limit,
                     f"clients_per_round={clients_per_round} exceeds num_clients={limit}",
                 )
-        check(_is_int(local_epochs) and local_epochs >= 1, f"local_epochs must be an integer >= 1, got {local_epochs}")
+        check(is_int(local_epochs) and local_epochs >= 1, f"local_epochs must be an integer >= 1, got {local_epochs}")
         check(alpha > 0, f"alpha must be > 0, got {alpha}")
         check(
-            _is_int(shards_per_client) and shards_per_client >= 1,
+            is_int(shards_per_client) and shards_per_client >= 1,
             f"shards_per_client must be an integer >= 1, got {shards_per_client}",
         )
-        check(_is_int(seed), f"seed must be an integer, got {seed!r}")
+        check(is_int(seed), f"seed must be an integer, got {seed!r}")
         check(
             server_optimizer is None or callable(server_optimizer),
             "server_optimizer must be None or a callable that builds a torch.optim.Optimizer from parameters",
@@ -563,8 +563,6 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self.server.load_state_dict(state.get("server", {}))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _ring_allreduce_bytes(tensor: torch.Tensor, world_size: int) -> int:

@@ -31,7 +31,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim import Optimizer
 
-from lightning_fl.errors import FederatedConfigError, check
+from lightning_fl.errors import FederatedConfigError, check, is_int
 from lightning_fl.model_state import FlatModelState, split_like
 from lightning_fl.sharding import Segment, ShardLayout, shard_layout
 from lightning_fl.staleness import ClockBook, needed_version
@@ -93,7 +93,7 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         scale_stale_gradients: bool = True,
     ) -> None:
         check(
-            staleness is None or (isinstance(staleness, int) and not isinstance(staleness, bool) and staleness >= 0),
+            staleness is None or (is_int(staleness) and staleness >= 0),
             f"staleness must be null (synchronous) or an integer >= 0, got {staleness!r}",
         )
         self.staleness = staleness
@@ -270,9 +270,9 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
             module.log("ps/staleness_mean", mean, on_step=False, on_epoch=True, batch_size=1)
             module.log("ps/staleness_max", float(max(epoch)), on_step=False, on_epoch=True, batch_size=1)
 
-    def _flat_grads(self, device: Optional[torch.device] = None) -> torch.Tensor:
+    def _flat_grads(self) -> torch.Tensor:
         assert self._layout is not None
-        grads = torch.zeros(self._layout.padded_numel, dtype=torch.float32, device=device or self.root_device)
+        grads = torch.zeros(self._layout.padded_numel, dtype=torch.float32, device=self.root_device)
         for view, p in zip(split_like(grads, self._params), self._params):
             if p.grad is not None:
                 view.copy_(p.grad.reshape(-1))
@@ -337,7 +337,8 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         layout = self._layout
         assert layout is not None and self.staleness is not None
         rank, world = self.global_rank, self.world_size
-        server = self._server or self._start_server()
+        server = self._server
+        assert server is not None, "started in on_train_batch_start"
         clock = self._clock
         if grads is None:
             needed, flags = clock, STOP
