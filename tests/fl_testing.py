@@ -200,7 +200,15 @@ def fedavgm_server(lr: float, momentum: float) -> Callable[[dict[str, torch.Tens
     return step
 
 
-_DIST_ENV = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"}
+# Set by an in-process fit earlier in a pytest run; a launched job must pick its own.
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
+def launch_env() -> dict[str, str]:
+    """``os.environ`` without the process-group variables, for a subprocess that starts its own job."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in DIST_ENV}
 
 
 def run_script(tmp_path: Any, devices: int, strategy: dict, options: dict | None = None) -> dict:
@@ -212,8 +220,7 @@ def run_script(tmp_path: Any, devices: int, strategy: dict, options: dict | None
 
     out = os.path.join(str(tmp_path), f"result_{devices}_{abs(hash(json.dumps([strategy, options])))}.pt")
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_fedavg.py")
-    # An in-process fit earlier in this pytest run leaves MASTER_PORT etc. in os.environ.
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     proc = subprocess.run(
         [sys.executable, script, out, str(devices), json.dumps(strategy), json.dumps(options or {})],
         env=env,

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,16 +57,28 @@ def test_memory_clients_quick(tmp_path: Path) -> None:
     assert isinstance(result["passed"], bool)
 
 
-def test_missing_data_is_one_line(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.npz"
-    for script in ("overhead.py", "memory_clients.py"):
-        proc = subprocess.run(
-            [sys.executable, f"benchmarks/{script}", "--data", str(missing)],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert proc.returncode != 0
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and "--data" in lines[0], proc.stderr
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["overhead.py"],
+        ["memory_clients.py"],
+        ["mcmahan_table2.py", "--quick"],
+        ["scaling.py"],
+        ["communication.py"],
+        ["ps_throughput.py"],
+        ["ps_stragglers.py"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_missing_data_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    script, *extra = command
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *extra, "--data", str(tmp_path / "nope.npz")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--data" in lines[0], proc.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fl_testing import launch_env
 from lightning_fl.cli.config import (
     DigitsDataConfig,
     FedAvgConfig,
@@ -22,11 +23,10 @@ from lightning_fl.cli.config import (
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["trainer.max_epochs=2", "strategy.local_epochs=1", "trainer.enable_progress_bar=false"]
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
 
 
 def run_cli(args, cwd, command=None, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     command = command or [sys.executable, "-m", "lightning_fl"]
     return subprocess.run(command + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -5,7 +5,6 @@ detects its SLURMEnvironment exactly as on a cluster.
 """
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fl_testing import _DIST_ENV, TinyData, float_state, max_abs_diff, net_state, reference_fedavg, seeded_module
+from fl_testing import TinyData, float_state, launch_env, max_abs_diff, net_state, reference_fedavg, seeded_module
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "run_fedavg.py"
 SETTINGS = dict(num_clients=5, clients_per_round=4, local_epochs=1, partition="dirichlet", alpha=1.0, seed=9)
@@ -29,7 +28,7 @@ def _reference():
 
 
 def _clean_env():
-    return {k: v for k, v in os.environ.items() if k not in _DIST_ENV and not k.startswith("SLURM_")}
+    return {k: v for k, v in launch_env().items() if not k.startswith("SLURM_")}
 
 
 def _check(out, environment):

@@ -131,10 +131,10 @@ def test_a_crashed_process_ends_the_job_instead_of_hanging(tmp_path):
     import os
     import time
 
-    from fl_testing import _DIST_ENV
+    from fl_testing import launch_env
 
     script = os.path.join(os.path.dirname(__file__), "scripts", "run_fedavg.py")
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, script, str(tmp_path / "out.pt"), "2", json.dumps({"num_clients": 4, "timeout": 60}),

@@ -58,17 +58,3 @@ def test_mcmahan_table2_quick(tmp_path: Path) -> None:
         # Random labels cannot reach 99%.
         assert r["rounds_to_target"] is None
     assert result["results"][0]["paper_rounds"] == 34 and result["results"][1]["paper_rounds"] == 350
-
-
-def test_mcmahan_table2_missing_data_is_one_line(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.npz"
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, "--quick", "--data", str(missing)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--data" in lines[0], proc.stderr

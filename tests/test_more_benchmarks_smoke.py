@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,15 @@ from typing import Any
 
 import pytest
 
+from fl_testing import launch_env
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# An in-process fit earlier in the pytest run leaves these behind; the scripts' launches pick their own.
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 MCMAHAN_CNN_PARAMS = 1_663_370
 
 
 def _run(script: str, out: Path) -> tuple[dict[str, Any], str]:
     cmd = [sys.executable, f"benchmarks/{script}", "--quick", "--synthetic", "--threads", "1", "--json", str(out)]
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(out.read_text()), proc.stdout
@@ -95,17 +94,3 @@ def test_ps_throughput_quick(tmp_path: Path) -> None:
         and _positive(result["ps_over_ddp"])
     )
     assert isinstance(result["passed"], bool)
-
-
-@pytest.mark.parametrize("script", ["scaling.py", "communication.py", "ps_throughput.py"])
-def test_missing_data_is_one_line(tmp_path: Path, script: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", "--data", str(tmp_path / "nope.npz")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--data" in lines[0], proc.stderr

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import StrategyRegistry
 
-from fl_testing import _DIST_ENV, AdamModule, TinyData, TinyModule, seeded_module
+from fl_testing import AdamModule, TinyData, TinyModule, launch_env, seeded_module
 from lightning_fl import FederatedConfigError, ParameterServerStrategy
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_ps.py")
@@ -19,7 +19,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "ru
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ps") / "results.pt"
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     proc = subprocess.run([sys.executable, SCRIPT, str(out), "2"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -148,7 +148,7 @@ def test_a_killed_worker_ends_the_job_with_a_clear_error(tmp_path):
     import time
 
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_fedavg.py")
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, script, str(tmp_path / "out.pt"), "2", "{}",

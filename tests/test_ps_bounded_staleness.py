@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fl_testing import _DIST_ENV
+from fl_testing import launch_env
 from lightning_fl import FederatedConfigError, ParameterServerStrategy
 from lightning_fl.staleness import ClockBook, Push, combine, needed_version, staleness_weight
 
@@ -175,7 +175,7 @@ def test_one_process_with_staleness_equals_the_synchronous_mode():
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ssp") / "results.pt"
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     proc = subprocess.run([sys.executable, SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=False)
@@ -247,7 +247,7 @@ def test_a_failed_worker_and_server_ends_the_job_with_a_clear_error(tmp_path, st
     options = {"parameter_server": {"staleness": staleness, "timeout": 30}, "rounds": 3}
     options.update({"module": {"crash_on_rank": 1}} if failure == "exception" else {"kill_rank": 1})
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_fedavg.py")
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     start = time.monotonic()
     proc = subprocess.run(
         [sys.executable, script, str(tmp_path / "out.pt"), "2", "{}", json.dumps(options)],

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fl_testing import launch_env
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from straggler_model import extra_sleep, finish_time, speedup, step_times  # noqa: E402
-
-_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 
 
 def test_simulation_by_hand():
@@ -52,7 +51,7 @@ def test_straggler_draws_are_fixed_and_have_the_stated_rate():
 @pytest.mark.distributed
 def test_ps_stragglers_quick(tmp_path: Path) -> None:
     out = tmp_path / "stragglers.json"
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env = launch_env()
     proc = subprocess.run(
         [sys.executable, "benchmarks/ps_stragglers.py", "--quick", "--synthetic", "--json", str(out)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
