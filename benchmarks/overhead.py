@@ -46,8 +46,8 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from lightning_fl import FedAvgStrategy  # noqa: E402
 from lightning_fl.models import ImageClassifier  # noqa: E402
-from lightning_fl.partition import Partition, make_partition  # noqa: E402
-from lightning_fl.sampling import epoch_permutation, sample_clients  # noqa: E402
+from lightning_fl.federated.partition import Partition, make_partition  # noqa: E402
+from lightning_fl.federated.sampling import epoch_permutation, sample_clients  # noqa: E402
 from lightning_fl.seeding import derive_seed  # noqa: E402
 
 TARGET_RATIO = 1.10

@@ -12,8 +12,8 @@ import torchmetrics
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fl.partition import make_partition
-from lightning_fl.sampling import epoch_permutation, sample_clients
+from lightning_fl.federated.partition import make_partition
+from lightning_fl.federated.sampling import epoch_permutation, sample_clients
 from lightning_fl.seeding import derive_seed
 
 

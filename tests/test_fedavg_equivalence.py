@@ -20,7 +20,7 @@ from fl_testing import (
     silo_dataset,
 )
 from lightning_fl import FedAvgStrategy
-from lightning_fl.partition import Partition, make_partition
+from lightning_fl.federated.partition import Partition, make_partition
 
 # Unequal client sizes (Dirichlet), a per-round LR schedule, BatchNorm (float and integer buffers),
 # drop_last (so some clients may be too small to train), several local epochs, partial participation.

@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from lightning_fl.errors import FederatedConfigError
-from lightning_fl.partition import (
+from lightning_fl.federated.partition import (
     Partition,
     dataset_labels,
     dirichlet_partition,

@@ -9,7 +9,7 @@ import torch
 
 from fl_testing import launch_env
 from lightning_fl import FederatedConfigError, ParameterServerStrategy
-from lightning_fl.staleness import ClockBook, Push, combine, needed_version, staleness_weight
+from lightning_fl.parameter_server.staleness import ClockBook, Push, combine, needed_version, staleness_weight
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "run_ps_ssp.py")
 STALENESS = 2  # the bound the slow-worker run uses

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lightning_fl.errors import FederatedConfigError
-from lightning_fl.sampling import client_batches, num_client_batches, sample_clients
-from lightning_fl.schedule import assign_longest_first, plan_round
+from lightning_fl.federated.sampling import client_batches, num_client_batches, sample_clients
+from lightning_fl.federated.schedule import assign_longest_first, plan_round
 from lightning_fl.seeding import derive_seed
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from lightning_fl.errors import FederatedConfigError
-from lightning_fl.sharding import shard_layout
+from lightning_fl.parameter_server.sharding import shard_layout
 
 
 @pytest.mark.parametrize("groups", [[10], [7, 3], [1, 1, 1], [100, 0, 23]])

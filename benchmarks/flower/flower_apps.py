@@ -3,7 +3,7 @@
 Two ClientApps: ``plain_client`` trains with the same hand-written loop as the plain baseline;
 ``lightning_client`` builds a Lightning ``Trainer`` per round and calls ``fit`` (the pattern of Flower's
 PyTorch Lightning example). The server samples the same clients as the other frameworks
-(``lightning_fl.sampling.sample_clients``) and tells each virtual node which client's data to train on
+(``lightning_fl.federated.sampling.sample_clients``) and tells each virtual node which client's data to train on
 through the message's config, so the work per round is identical across frameworks.
 
 Imported by name in Ray workers (the parent puts this folder on PYTHONPATH).

@@ -2,7 +2,7 @@
 global evaluation, round timing).
 
 Kept free of Flower so that ``lightning_fl`` and the plain loop run without it. Every framework draws its
-clients with ``lightning_fl.sampling.sample_clients`` on the same ``lightning_fl.partition.make_partition``
+clients with ``lightning_fl.federated.sampling.sample_clients`` on the same ``lightning_fl.federated.partition.make_partition``
 split and starts from the same seeded initial weights, so all of them do the same work per round.
 """
 
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_fl.models import McMahanCNN
-from lightning_fl.partition import Partition, make_partition
-from lightning_fl.sampling import epoch_permutation, sample_clients
+from lightning_fl.federated.partition import Partition, make_partition
+from lightning_fl.federated.sampling import epoch_permutation, sample_clients
 from lightning_fl.seeding import derive_seed
 
 EVAL_BATCH = 1000

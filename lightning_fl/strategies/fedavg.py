@@ -37,14 +37,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from lightning_fl.aggregation import WeightedSum, all_finite
+from lightning_fl.federated.aggregation import WeightedSum, all_finite
 from lightning_fl.errors import FederatedConfigError, check, is_int
 from lightning_fl.model_state import FlatModelState, split_like
-from lightning_fl.partition import PARTITIONS, Partition, dataset_labels, make_partition
-from lightning_fl.sampling import num_client_batches, sample_clients
-from lightning_fl.schedule import ClientJob, RoundPlan, plan_round
+from lightning_fl.federated.partition import PARTITIONS, Partition, dataset_labels, make_partition
+from lightning_fl.federated.sampling import num_client_batches, sample_clients
+from lightning_fl.federated.schedule import ClientJob, RoundPlan, plan_round
 from lightning_fl.seeding import derive_seed
-from lightning_fl.server_update import ServerOptimizerFactory, ServerUpdate
+from lightning_fl.federated.server_update import ServerOptimizerFactory, ServerUpdate
 from lightning_fl.strategies.base import UnwrappedDDPStrategy
 from lightning_fl.strategies.round_data import (
     RoundBatchSampler,

@@ -33,8 +33,8 @@ from torch.optim import Optimizer
 
 from lightning_fl.errors import FederatedConfigError, check, is_int
 from lightning_fl.model_state import FlatModelState, split_like
-from lightning_fl.sharding import Segment, ShardLayout, shard_layout
-from lightning_fl.staleness import ClockBook, needed_version
+from lightning_fl.parameter_server.sharding import Segment, ShardLayout, shard_layout
+from lightning_fl.parameter_server.staleness import ClockBook, needed_version
 from lightning_fl.strategies.base import UnwrappedDDPStrategy
 from lightning_fl.strategies.ssp_server import (
     GRAD,

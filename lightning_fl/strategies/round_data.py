@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from lightning_fl.errors import FederatedConfigError
-from lightning_fl.sampling import client_batches
-from lightning_fl.schedule import RoundPlan
+from lightning_fl.federated.sampling import client_batches
+from lightning_fl.federated.schedule import RoundPlan
 
 
 class RoundBatchSampler(Sampler[list[int]]):

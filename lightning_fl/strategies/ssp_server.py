@@ -24,7 +24,7 @@ from typing import Optional, Union
 import torch
 import torch.distributed as dist
 
-from lightning_fl.staleness import ClockBook, Push, combine
+from lightning_fl.parameter_server.staleness import ClockBook, Push, combine
 
 GRAD = 1  # the message carries a gradient for its clock
 STOP = 2  # the worker sends nothing more until every bucket is complete
