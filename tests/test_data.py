@@ -28,8 +28,8 @@ def test_digits_shapes_ranges_and_split() -> None:
     dm.setup("fit")
     x_train, y_train = dm.train_set.tensors
     x_val, y_val = dm.val_set.tensors
-    assert len(dm.train_set) + len(dm.val_set) == 1797
-    assert len(dm.val_set) == round(1797 * 0.2)
+    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 1797
+    assert len(dm.val_set) == len(dm.test_set) == round(1797 * 0.2)
     assert x_train.shape[1:] == DigitsDataModule.dims == (1, 8, 8)
     assert x_train.dtype == torch.float32 and y_train.dtype == torch.int64
     assert float(x_train.min()) == 0.0 and float(x_train.max()) == 1.0
@@ -39,7 +39,10 @@ def test_digits_shapes_ranges_and_split() -> None:
     xb, yb = next(iter(dm.train_dataloader()))
     assert xb.shape == (16, 1, 8, 8) and yb.shape == (16,)
     assert dm.val_dataloader().batch_size == 256
-    assert len(dm.test_dataloader().dataset) == len(dm.val_set)
+    assert dm.test_dataloader().dataset is dm.test_set
+    # test_acc and val_acc measure different images: the 1,797 images are distinct, so no image is in two splits.
+    x_all = torch.cat([s.tensors[0] for s in (dm.train_set, dm.val_set, dm.test_set)])
+    assert len({tuple(x.flatten().tolist()) for x in x_all}) == 1797
     # Evaluation order is fixed.
     first = next(iter(dm.val_dataloader()))[1]
     assert torch.equal(first, y_val[:256])
@@ -73,6 +76,8 @@ def test_digits_setup_twice_keeps_split() -> None:
         ({"batch_size": 0}, "data.batch_size"),
         ({"val_fraction": 0.0}, "data.val_fraction"),
         ({"val_fraction": 1.0}, "data.val_fraction"),
+        ({"test_fraction": 0.0}, "data.test_fraction"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "data.test_fraction"),
     ],
 )
 def test_digits_rejects_bad_settings(kwargs: dict, setting: str) -> None:

@@ -48,6 +48,7 @@ class DigitsDataConfig:
     _target_: str = "lightning_fl.data.DigitsDataModule"
     batch_size: int = 10
     val_fraction: float = 0.2
+    test_fraction: float = 0.2
     seed: int = SI("${seed}")
 
 
