@@ -1,0 +1,158 @@
+"""Moving compressed client uploads between processes at the end of a round, and what that costs.
+
+Compressed updates cannot be all-reduced: quantized codes of different clients have different scales,
+and top-k indices differ per client. So every client's payload travels as it was uploaded: each rank
+holds the uploads of the clients it trained (k_r of them, different per rank), the ranks all-gather
+them, and every rank decodes every upload and forms Σ wᵢ · decode(payloadᵢ) in ascending key order.
+The sum is then the same on every rank and for every number of processes, bit for bit.
+
+A record is ``[key: int64 | weight: float64 | payload: compressed_nbytes(P) bytes | zero padding]``,
+padded to a multiple of 8 bytes so that every field of every record in the gathered buffer is aligned.
+Two collectives per round:
+
+1. all-gather of ``[k_r, rejected_r]`` (two int64 per rank), so every rank knows the counts;
+2. all-gather of ``max_r k_r`` record slots per rank (ranks with fewer uploads send zero slots).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from lightning_fl.federated.compression.base import FLOAT32_BYTES, Compressor
+
+HEADER_NBYTES = 16  # key (int64) and weight (float64)
+COUNTS_NBYTES = 16  # [uploads, rejected] as int64, per rank
+
+
+def record_nbytes(compressor: Compressor, numel: int) -> int:
+    """Bytes of one upload on the wire: header, payload, padding to a multiple of 8."""
+    return -(-(HEADER_NBYTES + compressor.compressed_nbytes(numel)) // 8) * 8
+
+
+def bytes_sent(payload_bytes_per_rank: int, world_size: int) -> int:
+    """Bytes one rank sends in an all-gather where every rank contributes ``payload_bytes_per_rank``.
+
+    Assumes a ring all-gather, gloo's algorithm (and NCCL's): in each of W − 1 steps a rank passes one
+    rank-sized block to its right neighbour, so it sends (W − 1) · payload bytes and receives as many.
+    A ring all-reduce of the same B bytes per rank sends 2 (W − 1) / W · B (reduce-scatter then
+    all-gather of 1/W blocks): gathering costs W / 2 times an all-reduce of an equally large buffer.
+    """
+    return max(world_size - 1, 0) * payload_bytes_per_rank
+
+
+def exchange_bytes(max_uploads_per_rank: int, compressor: Compressor, numel: int, world_size: int) -> int:
+    """Bytes one rank sends in :meth:`CompressedUploads.exchange`: the counts, then the padded records.
+
+    Compare with today's uncompressed round, :func:`allreduce_bytes` of P + 2 float32 values.
+    """
+    if world_size <= 1:
+        return 0
+    records = max_uploads_per_rank * record_nbytes(compressor, numel)
+    return bytes_sent(COUNTS_NBYTES, world_size) + bytes_sent(records, world_size)
+
+
+def allreduce_bytes(numel: int, world_size: int, element_size: int = FLOAT32_BYTES) -> int:
+    """Bytes one rank sends in a ring all-reduce of ``numel`` values: 2 (W − 1) / W of the buffer."""
+    return 2 * max(world_size - 1, 0) * numel * element_size // max(world_size, 1)
+
+
+@dataclass(frozen=True)
+class RoundSum:
+    values: torch.Tensor  # Σ wᵢ · decode(payloadᵢ), float32 [P], summed in ascending key order
+    total_weight: float  # Σ wᵢ over the uploads
+    keys: tuple[int, ...]  # the uploads' keys, ascending
+    rejected: int  # Σ over ranks of the rejections reported with reject()
+    bytes_sent: int  # what this rank sent in the exchange (0 with one process)
+
+
+class CompressedUploads:
+    """One round's compressed client uploads on this rank, and their exchange at the round's end.
+
+    ``add(key, weight, payload)`` after each client (the payload from ``compress_with_feedback``), then
+    ``exchange()`` once on every rank. ``key`` orders the sum and must be unique in the round across all
+    ranks: the client's position in the round's sample gives, with one process, FedAvg's own order.
+    Memory: this rank's records, then the gathered ``W · max_r k_r`` records and one float32 vector.
+    """
+
+    def __init__(self, compressor: Compressor, numel: int, device: torch.device | None = None) -> None:
+        self.compressor = compressor
+        self.numel = numel
+        self.device = torch.device("cpu") if device is None else device
+        self.record_nbytes = record_nbytes(compressor, numel)
+        self._records: list[torch.Tensor] = []
+        self._rejected = 0
+
+    def reset(self) -> None:
+        self._records.clear()
+        self._rejected = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, key: int, weight: float, payload: Any) -> None:
+        body = self.compressor.encode(payload)
+        record = torch.zeros(self.record_nbytes, dtype=torch.uint8, device=self.device)
+        record[:8] = torch.tensor([key], dtype=torch.int64).view(torch.uint8)
+        record[8:16] = torch.tensor([weight], dtype=torch.float64).view(torch.uint8)
+        record[HEADER_NBYTES : HEADER_NBYTES + body.numel()] = body
+        self._records.append(record)
+
+    def reject(self) -> None:
+        """Count a client of this rank whose update was dropped (it uploads nothing)."""
+        self._rejected += 1
+
+    def exchange(self, group: Any = None) -> RoundSum:
+        """Collective: gather every rank's uploads and return their weighted sum (the same on every rank)."""
+        world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+        size = self.record_nbytes
+        local = (
+            torch.stack(self._records) if self._records else torch.zeros(0, size, dtype=torch.uint8, device=self.device)
+        )
+        if world == 1:
+            return self._sum(local, self._rejected, 0)
+        counts_rejected = _all_gather(
+            torch.tensor([len(self._records), self._rejected], dtype=torch.int64, device=self.device), world, group
+        ).view(world, 2)
+        counts = counts_rejected[:, 0].tolist()
+        rejected = int(counts_rejected[:, 1].sum())
+        slots = max(counts)
+        sent = bytes_sent(COUNTS_NBYTES, world)
+        if slots == 0:
+            return self._sum(local, rejected, sent)
+        padded = torch.zeros(slots, size, dtype=torch.uint8, device=self.device)
+        padded[: len(local)] = local
+        gathered = _all_gather(padded.view(-1), world, group).view(world, slots, size)
+        sent += bytes_sent(slots * size, world)
+        records = torch.cat([gathered[r, : counts[r]] for r in range(world)])
+        return self._sum(records, rejected, sent)
+
+    def _sum(self, records: torch.Tensor, rejected: int, sent: int) -> RoundSum:
+        header = records[:, :HEADER_NBYTES].contiguous()
+        keys = header[:, :8].contiguous().view(torch.int64).view(-1).tolist()
+        weights = header[:, 8:].contiguous().view(torch.float64).view(-1).tolist()
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"CompressedUploads: keys must be unique in a round, got {sorted(keys)}")
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        body = HEADER_NBYTES + self.compressor.compressed_nbytes(self.numel)
+        total = torch.zeros(self.numel, dtype=torch.float32, device=records.device)
+        for i in order:
+            total.add_(self.compressor.decode(records[i, HEADER_NBYTES:body], self.numel), alpha=weights[i])
+        return RoundSum(
+            values=total,
+            total_weight=sum(weights[i] for i in order),
+            keys=tuple(keys[i] for i in order),
+            rejected=rejected,
+            bytes_sent=sent,
+        )
+
+
+def _all_gather(tensor: torch.Tensor, world: int, group: Any) -> torch.Tensor:
+    out = torch.empty(world * tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+    # torch >= 2.13 names it all_gather_single; all_gather_into_tensor is the older name of the same call.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, tensor, group=group)
+    return out
