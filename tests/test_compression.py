@@ -220,6 +220,14 @@ def test_topk_selection_against_a_sort():
     assert payload.indices.long().tolist() == expected.tolist()
 
 
+def test_topk_refuses_indices_out_of_range():
+    c = TopK(0.5)
+    buffer = c.encode(c.compress(torch.arange(4.0)))
+    buffer[:4] = torch.tensor([4], dtype=torch.int32).view(torch.uint8)  # first index := 4, P = 4
+    with pytest.raises(ValueError, match="outside"):
+        c.decode(buffer, 4)
+
+
 def test_topk_fraction_one_decodes_to_exactly_the_input():
     x = torch.tensor([0.0, -0.0, 1e-45, -3.4e38, 1.0 / 3.0, float(torch.finfo(torch.float32).tiny)])
     x = torch.cat([x, torch.randn(1000, generator=gen("exact"))])
@@ -368,6 +376,7 @@ def _exchange_worker(rank: int, init_file: str, out_dir: str) -> None:
             if rank == 1:
                 uploads.reject()
             results[i] = uploads.exchange()
+            results[i, "each"] = [(key, weight, update) for key, weight, update in uploads.gather()]
         # A rank with no uploads at all, then a round where nobody uploads.
         lonely = CompressedUploads(COMPRESSORS[1], NUMEL)
         if rank == 0:
@@ -399,6 +408,10 @@ def test_two_gloo_processes_get_the_one_process_sum_bit_for_bit(tmp_path):
             # counts: 16 bytes; records: max(3, 1) = 3 slots of record_nbytes; ring all-gather, W - 1 = 1.
             assert result.bytes_sent == 16 + 3 * record_nbytes(compressor, NUMEL)
             assert result.bytes_sent == exchange_bytes(3, compressor, NUMEL, 2)
+        for each in (r[i, "each"] for r in ranks):  # every client's decoded update, for robust rules
+            assert [(key, weight) for key, weight, _ in each] == [(k, WEIGHTS[k]) for k in (0, 1, 3, 4)]
+            for key, _, update in each:
+                assert torch.equal(update, compressor.decompress(payloads[key]))
     for r in ranks:
         assert r["lonely"].keys == (2,) and r["lonely"].bytes_sent == 16 + record_nbytes(COMPRESSORS[1], NUMEL)
         assert torch.equal(

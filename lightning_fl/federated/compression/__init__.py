@@ -12,6 +12,7 @@ Torch only (no Lightning, no Hydra). See docs/compression.md.
 from lightning_fl.federated.compression.base import Compressor
 from lightning_fl.federated.compression.exchange import (
     CompressedUploads,
+    GatheredUploads,
     RoundSum,
     allreduce_bytes,
     bytes_sent,
@@ -25,6 +26,7 @@ from lightning_fl.federated.compression.topk import SparsePayload, TopK
 __all__ = [
     "CompressedUploads",
     "Compressor",
+    "GatheredUploads",
     "QuantizedPayload",
     "Quantize",
     "RoundSum",

@@ -16,6 +16,7 @@ Two collectives per round:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +108,26 @@ class CompressedUploads:
 
     def exchange(self, group: Any = None) -> RoundSum:
         """Collective: gather every rank's uploads and return their weighted sum (the same on every rank)."""
+        gathered = self.gather(group)
+        return RoundSum(
+            values=gathered.weighted_sum(),
+            total_weight=sum(gathered.weights),
+            keys=gathered.keys,
+            rejected=gathered.rejected,
+            bytes_sent=gathered.bytes_sent,
+        )
+
+    def gather(self, group: Any = None) -> GatheredUploads:
+        """Collective: every rank's uploads, on every rank, in ascending key order (still encoded).
+
+        For rules that need each client's update rather than their sum (robust aggregators)."""
         world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
         size = self.record_nbytes
         local = (
             torch.stack(self._records) if self._records else torch.zeros(0, size, dtype=torch.uint8, device=self.device)
         )
         if world == 1:
-            return self._sum(local, self._rejected, 0)
+            return GatheredUploads(self.compressor, self.numel, local, self._rejected, 0)
         counts_rejected = _all_gather(
             torch.tensor([len(self._records), self._rejected], dtype=torch.int64, device=self.device), world, group
         ).view(world, 2)
@@ -122,32 +136,48 @@ class CompressedUploads:
         slots = max(counts)
         sent = bytes_sent(COUNTS_NBYTES, world)
         if slots == 0:
-            return self._sum(local, rejected, sent)
+            return GatheredUploads(self.compressor, self.numel, local, rejected, sent)
         padded = torch.zeros(slots, size, dtype=torch.uint8, device=self.device)
         padded[: len(local)] = local
         gathered = _all_gather(padded.view(-1), world, group).view(world, slots, size)
         sent += bytes_sent(slots * size, world)
         records = torch.cat([gathered[r, : counts[r]] for r in range(world)])
-        return self._sum(records, rejected, sent)
+        return GatheredUploads(self.compressor, self.numel, records, rejected, sent)
 
-    def _sum(self, records: torch.Tensor, rejected: int, sent: int) -> RoundSum:
-        header = records[:, :HEADER_NBYTES].contiguous()
-        keys = header[:, :8].contiguous().view(torch.int64).view(-1).tolist()
-        weights = header[:, 8:].contiguous().view(torch.float64).view(-1).tolist()
+
+class GatheredUploads:
+    """The round's uploads from all ranks, sorted by key; decoded one at a time on demand."""
+
+    def __init__(self, compressor: Compressor, numel: int, records: torch.Tensor, rejected: int, sent: int) -> None:
+        keys = records[:, :8].contiguous().view(torch.int64).view(-1).tolist()
         if len(set(keys)) != len(keys):
             raise ValueError(f"CompressedUploads: keys must be unique in a round, got {sorted(keys)}")
         order = sorted(range(len(keys)), key=keys.__getitem__)
-        body = HEADER_NBYTES + self.compressor.compressed_nbytes(self.numel)
-        total = torch.zeros(self.numel, dtype=torch.float32, device=records.device)
-        for i in order:
-            total.add_(self.compressor.decode(records[i, HEADER_NBYTES:body], self.numel), alpha=weights[i])
-        return RoundSum(
-            values=total,
-            total_weight=sum(weights[i] for i in order),
-            keys=tuple(keys[i] for i in order),
-            rejected=rejected,
-            bytes_sent=sent,
-        )
+        weights = records[:, 8:HEADER_NBYTES].contiguous().view(torch.float64).view(-1).tolist()
+        self.compressor = compressor
+        self.numel = numel
+        self.keys = tuple(keys[i] for i in order)
+        self.weights = tuple(weights[i] for i in order)
+        self.rejected = rejected
+        self.bytes_sent = sent  # what this rank sent to gather them (0 with one process)
+        self._records = records
+        self._order = order
+        self._body = slice(HEADER_NBYTES, HEADER_NBYTES + compressor.compressed_nbytes(numel))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[tuple[int, float, torch.Tensor]]:
+        """``(key, weight, decoded update)`` in ascending key order."""
+        for key, weight, i in zip(self.keys, self.weights, self._order):
+            yield key, weight, self.compressor.decode(self._records[i, self._body], self.numel)
+
+    def weighted_sum(self) -> torch.Tensor:
+        """Σ wᵢ · decode(payloadᵢ) in float32, added in ascending key order."""
+        total = torch.zeros(self.numel, dtype=torch.float32, device=self._records.device)
+        for _, weight, update in self:
+            total.add_(update, alpha=weight)
+        return total
 
 
 def _all_gather(tensor: torch.Tensor, world: int, group: Any) -> torch.Tensor:

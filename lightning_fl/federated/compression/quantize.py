@@ -88,7 +88,7 @@ class Quantize(Compressor):
             return QuantizedPayload(0, self.bits, size, empty, empty, torch.zeros(0, dtype=torch.uint8))
         pad = blocks_n * size - numel
         # Pad the last block with its own last value: it leaves that block's min and max unchanged.
-        blocks = torch.cat([flat, flat[-1:].expand(pad)]).view(blocks_n, size)
+        blocks = (torch.cat([flat, flat[-1:].expand(pad)]) if pad else flat).view(blocks_n, size)
         lo, hi = blocks.amin(dim=1), blocks.amax(dim=1)
         if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
             raise ValueError("Quantize.compress: the update holds NaN or inf")
@@ -96,16 +96,21 @@ class Quantize(Compressor):
         # In float64: hi − lo may overflow float32 for values near its largest.
         step = ((hi.double() - lo.double()) / levels).float()
         safe = torch.where(step > 0, step, torch.ones_like(step))
-        v = ((blocks - lo[:, None]) / safe[:, None]).clamp_(0, levels)
-        floor = v.floor()
-        draws = torch.rand(v.shape, generator=generator, dtype=torch.float32).to(v.device)
-        codes = (floor + (draws < v - floor)).clamp_(max=levels).reshape(-1)[:numel].to(torch.int32)
+        v = torch.sub(blocks, lo[:, None]).div_(safe[:, None]).clamp_(0, levels).view(-1)[:numel]
+        codes = v.floor()
+        frac = v.sub_(codes)  # in [0, 1); 0 where v = levels, so no code exceeds levels
+        draws = torch.rand(numel, generator=generator, dtype=torch.float32).to(frac.device)
+        codes.add_(draws < frac)
         return QuantizedPayload(numel, self.bits, size, lo, step, pack_codes(codes, self.bits))
 
     def decompress(self, payload: QuantizedPayload) -> torch.Tensor:
-        codes = unpack_codes(payload.codes, payload.bits, payload.numel).float()
-        block = torch.arange(payload.numel, device=codes.device) // payload.block_size
-        return payload.lo[block] + codes * payload.step[block]
+        numel, size = payload.numel, payload.block_size
+        codes = unpack_codes(payload.codes, payload.bits, numel).float()
+        pad = -numel % size
+        if pad:
+            codes = torch.cat([codes, codes.new_zeros(pad)])
+        out = codes.view(-1, size).mul_(payload.step[:, None]).add_(payload.lo[:, None])
+        return out.view(-1)[:numel]
 
     def encode(self, payload: QuantizedPayload) -> torch.Tensor:
         return torch.cat([as_bytes(payload.lo), as_bytes(payload.step), payload.codes])
@@ -123,12 +128,14 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if bits == 8:
         return codes.to(torch.uint8)
     if bits == 16:
-        return as_bytes((codes - 32768).to(torch.int16))
+        return as_bytes((codes.to(torch.int32) - 32768).to(torch.int16))
     per_byte = 8 // bits
     pad = -codes.numel() % per_byte
-    grouped = torch.cat([codes, codes.new_zeros(pad)]).view(-1, per_byte).to(torch.int32)
-    shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=codes.device)
-    return (grouped << shifts).sum(dim=1).to(torch.uint8)
+    grouped = torch.cat([codes.to(torch.uint8), codes.new_zeros(pad, dtype=torch.uint8)]).view(-1, per_byte)
+    packed = grouped[:, 0].clone()
+    for j in range(1, per_byte):  # codes occupy disjoint bits: OR them in from the low bits up
+        packed |= grouped[:, j] << (bits * j)
+    return packed
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:

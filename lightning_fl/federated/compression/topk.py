@@ -84,8 +84,12 @@ class TopK(Compressor):
         return SparsePayload(numel, indices.to(self.index_dtype(numel)), values)
 
     def decompress(self, payload: SparsePayload) -> torch.Tensor:
+        indices = payload.indices.long()
+        # A malformed upload must fail here with a clear error, not scatter out of bounds.
+        if indices.numel() and not (0 <= int(indices.min()) and int(indices.max()) < payload.numel):
+            raise ValueError(f"TopK.decompress: indices outside [0, {payload.numel})")
         out = torch.zeros(payload.numel, dtype=torch.float32, device=payload.values.device)
-        out[payload.indices.long()] = payload.values
+        out[indices] = payload.values
         return out
 
     def encode(self, payload: SparsePayload) -> torch.Tensor:
