@@ -28,6 +28,13 @@ def test_epsilon_without_replacement_equals_the_library_with_replace_one_and_sen
     assert accountant.epsilon() == direct.get_epsilon(delta)
 
 
+def test_epsilon_is_the_same_when_the_library_state_cannot_be_read(monkeypatch):
+    fast = ClientLevelAccountant(100, 10, 1.5, delta=1e-4)
+    slow = ClientLevelAccountant(100, 10, 1.5, delta=1e-4)
+    monkeypatch.setattr(slow, "_per_round", lambda: None)  # as if RdpAccountant._rdp were renamed
+    assert slow.epsilon(30) == fast.epsilon(30)
+
+
 def test_epsilon_poisson_equals_the_library_with_add_or_remove():
     z, n, k, rounds, delta = 1.1, 500, 25, 300, 1e-5
     direct = rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.ADD_OR_REMOVE_ONE)

@@ -162,13 +162,17 @@ class ClientLevelAccountant:
 
         return rdp.RdpAccountant(neighboring_relation=self._relation())
 
-    def _per_round(self) -> tuple[Any, Any]:
+    def _per_round(self) -> tuple[Any, Any] | None:
         # The subsampled-Gaussian RDP takes ~0.3 s to compute; compute it once and scale by r, which is
-        # what RdpAccountant.compose(event, count=r) does (its state is `count * rdp`).
+        # what RdpAccountant.compose(event, count=r) does (its state is `count * rdp`). That state is
+        # private: if a library version renames it, fall back to composing afresh on every call.
         if self._rdp_one_round is None:
             acc = self.make_library_accountant()
             acc.compose(self.dp_event())
-            self._orders, self._rdp_one_round = acc._orders, acc._rdp.copy()
+            orders, rdp_one = getattr(acc, "_orders", None), getattr(acc, "_rdp", None)
+            if orders is None or rdp_one is None:
+                return None
+            self._orders, self._rdp_one_round = orders, rdp_one.copy()
         return self._orders, self._rdp_one_round
 
     # -- public API ---------------------------------------------------------------------------------
@@ -183,7 +187,12 @@ class ClientLevelAccountant:
             return math.inf
         from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
-        orders, rdp_one = self._per_round()
+        cached = self._per_round()
+        if cached is None:
+            acc = self.make_library_accountant()
+            acc.compose(self.dp_event(), count=r)
+            return float(acc.get_epsilon(self.delta))
+        orders, rdp_one = cached
         return float(rdp.compute_epsilon(orders, r * rdp_one, self.delta)[0])
 
     def rounds_within(self, target_epsilon: float) -> int:
