@@ -35,6 +35,13 @@ class FlatModelState:
             return torch.zeros(0, dtype=self.dtype, device=self.device)
         return torch.cat([t.detach().reshape(-1).to(self.dtype) for t in self.float_tensors])
 
+    @torch.no_grad()
+    def pack_into(self, out: torch.Tensor) -> torch.Tensor:
+        """Copy the float state into ``out`` (a preallocated flat vector) and return it."""
+        for t, view in zip(self.float_tensors, split_like(out, self.float_tensors)):
+            view.copy_(t.reshape(-1))
+        return out
+
     def pack_ints(self) -> torch.Tensor:
         if not self.int_tensors:
             return torch.zeros(0, dtype=torch.long, device=self.device)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_fl.errors import FederatedConfigError
-from lightning_fl.federated.sampling import client_batches, num_client_batches, sample_clients
+from lightning_fl.federated.sampling import client_batches, num_client_steps, sample_clients, straggler_steps
 from lightning_fl.federated.schedule import assign_longest_first, plan_round
 from lightning_fl.seeding import derive_seed
 
@@ -35,8 +35,10 @@ def test_sampling_rejects_more_clients_than_exist():
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_client_batches_visit_each_sample_once_per_local_epoch(drop_last):
     idx = torch.arange(100, 123)  # 23 samples
-    batches = client_batches(idx, 5, local_epochs=3, drop_last=drop_last, seed=0, round_idx=2, client_id=4)
-    assert len(batches) == num_client_batches(23, 5, 3, drop_last) == (12 if drop_last else 15)
+    steps = num_client_steps(23, 5, drop_last, local_epochs=3)
+    assert steps == (12 if drop_last else 15)
+    batches = client_batches(idx, 5, steps, drop_last=drop_last, seed=0, round_idx=2, client_id=4)
+    assert len(batches) == steps
     per_epoch = len(batches) // 3
     for e in range(3):
         seen = [i for b in batches[e * per_epoch : (e + 1) * per_epoch] for i in b]
@@ -46,6 +48,31 @@ def test_client_batches_visit_each_sample_once_per_local_epoch(drop_last):
             assert sorted(seen) == idx.tolist()
     # each epoch has its own order
     assert batches[0] != batches[per_epoch]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_local_steps_cut_the_same_stream_of_shuffled_epochs(drop_last):
+    idx = torch.arange(100, 123)  # 23 samples: 4 (drop_last) or 5 batches of 5 per epoch
+    three_epochs = client_batches(idx, 5, num_client_steps(23, 5, drop_last, 3), drop_last, 0, 2, 4)
+    for k in (1, 3, 7, 11):  # fewer and more than one epoch
+        assert num_client_steps(23, 5, drop_last, local_epochs=3, local_steps=k) == k
+        assert client_batches(idx, 5, k, drop_last, 0, 2, 4) == three_epochs[:k]
+    assert num_client_steps(4, 5, True, local_steps=7) == 0  # no full batch: the client cannot train
+
+
+def test_stragglers_do_a_seeded_random_share_of_their_work():
+    steps, ids = [10] * 20, list(range(100, 120))
+    out = straggler_steps(steps, ids, 0.25, seed=3, round_idx=1)
+    assert out == straggler_steps(steps, ids, 0.25, seed=3, round_idx=1)  # a pure function
+    shortened = [i for i, s in enumerate(out) if s != 10]
+    assert 1 <= len(shortened) <= 5 and all(1 <= out[i] < 10 for i in shortened)
+    assert straggler_steps(steps, ids, 0.0, 3, 1) == steps
+    # over many rounds the work is uniform on [1, 10]
+    counts = torch.zeros(11)
+    for r in range(400):
+        for s in straggler_steps(steps, ids, 1.0, seed=0, round_idx=r):
+            counts[s] += 1
+    assert counts[0] == 0 and (counts[1:] / counts[1:].sum() - 0.1).abs().max() < 0.02
 
 
 def test_longest_first_balances_and_keeps_sampled_order():

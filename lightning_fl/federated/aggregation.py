@@ -27,12 +27,25 @@ def weighted_average(vectors: Sequence[torch.Tensor], weights: Sequence[float]) 
 class WeightedSum:
     """Running Σ wᵢ θᵢ and Σ wᵢ over flat client vectors, in one communicable buffer.
 
-    Layout of ``buffer``: ``[Σ wᵢ θᵢ (numel values) | Σ wᵢ | number of rejected updates]``.
+    Layout of ``buffer``: ``[Σ wᵢ θᵢ (numel values) | Σ wᵢ | number of rejected updates | extra sums]``.
+    ``extra`` names further sums that travel in the same all-reduce (a client algorithm's, for example).
     """
 
-    def __init__(self, numel: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        numel: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
+        extra: dict[str, int] | None = None,
+    ) -> None:
         self.numel = numel
-        self.buffer = torch.zeros(numel + 2, dtype=dtype, device=device)
+        sizes = dict(extra or {})
+        self.buffer = torch.zeros(numel + 2 + sum(sizes.values()), dtype=dtype, device=device)
+        self.extra: dict[str, torch.Tensor] = {}
+        offset = numel + 2
+        for name, size in sizes.items():
+            self.extra[name] = self.buffer[offset : offset + size]
+            offset += size
 
     def reset(self) -> None:
         self.buffer.zero_()

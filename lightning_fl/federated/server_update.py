@@ -5,9 +5,8 @@ Following Reddi et al. (2021, "Adaptive Federated Optimization"), the server tre
 
 - no server optimizer (the default): θ ← θ_average, plain FedAvg, exact;
 - ``torch.optim.SGD(lr=1)``: the same up to rounding; with ``momentum=β`` it is FedAvgM (Hsu et al. 2019);
-- ``torch.optim.Adam`` / ``Adagrad``: FedAdam / FedAdagrad-style adaptive servers.
-
-Any ``torch.optim.Optimizer`` factory plugs in here without touching the round loop.
+- ``FedAvgM``, ``FedAdagrad``, ``FedAdam``, ``FedYogi`` (``server_optimizers``): Reddi et al.'s Algorithm 2;
+- any other ``torch.optim.Optimizer`` factory plugs in the same way, without touching the round loop.
 """
 
 from __future__ import annotations
@@ -44,16 +43,34 @@ class ServerUpdate:
                 )
 
     def step(self, average: torch.Tensor) -> None:
-        param = self._param
-        if param is None:
-            raise RuntimeError("ServerUpdate.step called before bind()")
+        """Move the global vector given the clients' average model."""
+        param = self._require_bound()
         with torch.no_grad():
             if self._optimizer is None:
-                param.copy_(average)
+                param.copy_(average)  # exact FedAvg, not global + (average − global)
                 return
-            param.grad = pseudo_gradient(param, average)
-            self._optimizer.step()
-            param.grad = None
+            self._optimizer_step(pseudo_gradient(param, average))
+
+    def step_update(self, update: torch.Tensor) -> None:
+        """Move the global vector given the clients' average change Δ (average − global)."""
+        param = self._require_bound()
+        with torch.no_grad():
+            if self._optimizer is None:
+                param.add_(update)
+                return
+            self._optimizer_step(-update)
+
+    def _optimizer_step(self, grad: torch.Tensor) -> None:
+        param = self._require_bound()
+        assert self._optimizer is not None
+        param.grad = grad
+        self._optimizer.step()
+        param.grad = None
+
+    def _require_bound(self) -> torch.Tensor:
+        if self._param is None:
+            raise RuntimeError("ServerUpdate.step called before bind()")
+        return self._param
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self._optimizer is None else {"optimizer": self._optimizer.state_dict()}

@@ -20,7 +20,7 @@ class UnwrappedDDPStrategy(DDPStrategy):
     backend choice and collective of DDP, decide themselves what crosses processes, and validate the
     trainer in :meth:`_preflight`, which runs before any process is started and again in ``setup``.
     ``timeout`` may be given in seconds. Each subclass is registered as ``<strategy_name>``,
-    ``<strategy_name>_spawn`` and ``<strategy_name>_fork``.
+    ``<strategy_name>_spawn`` and ``<strategy_name>_fork``, and so is each of its ``registered_presets``.
     """
 
     strategy_name = "unwrapped_ddp"
@@ -50,13 +50,21 @@ class UnwrappedDDPStrategy(DDPStrategy):
         pass  # no DistributedDataParallel: the subclass decides what crosses processes, and when
 
     @classmethod
+    def registered_presets(cls) -> dict[str, dict[str, Any]]:
+        """Strategy names to register with their constructor arguments (each also ``_spawn``/``_fork``)."""
+        return {cls.strategy_name: {}}
+
+    @classmethod
     def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
-        for suffix, start_method in (("", "popen"), ("_spawn", "spawn"), ("_fork", "fork")):
-            name = f"{cls.strategy_name}{suffix}"
-            if name not in strategy_registry:
-                strategy_registry.register(
-                    name,
-                    cls,
-                    description=f"{cls.__name__} with start_method='{start_method}'",
-                    start_method=start_method,
-                )
+        for preset, init_params in cls.registered_presets().items():
+            for suffix, start_method in (("", "popen"), ("_spawn", "spawn"), ("_fork", "fork")):
+                name = f"{preset}{suffix}"
+                if name not in strategy_registry:
+                    strategy_registry.register(
+                        name,
+                        cls,
+                        description=f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in init_params.items())}) "
+                        f"with start_method='{start_method}'",
+                        start_method=start_method,
+                        **init_params,
+                    )

@@ -1,4 +1,4 @@
-"""FedAvg (McMahan et al. 2017) and its server-optimizer family as a Lightning strategy.
+"""FedAvg (McMahan et al. 2017) and its family as one Lightning strategy composed of pluggable parts.
 
 One Lightning epoch is one federated round. In a round:
 
@@ -6,9 +6,13 @@ One Lightning epoch is one federated round. In a round:
    clients to ranks (pure functions of the seed and the round, no communication);
 2. each rank trains its clients one after another: a client starts from the global weights with cleared
    optimizer state and its own seeded RNG, and runs ``local_epochs`` shuffled passes over its partition;
-3. after a client's last step its weights are folded into a running weighted sum (O(1) memory);
+3. after a client's last step its weights (or, when a part needs it, its change from the global model) are
+   folded into a running weighted sum (O(1) memory);
 4. after the round's last step one all-reduce combines the ranks' sums, and the server update turns the
    average into the next global model, which every rank then holds.
+
+The parts (``client_algorithm``: FedProx, SCAFFOLD, FedNova; ``server_optimizer``: FedAvgM, FedAdam, ...)
+hold the math (``lightning_fl.federated``); this class only calls them at the moments of the round.
 
 Aggregation happens inside the last training step, so validation, checkpoints, early stopping, LR
 schedulers and loggers all run per round on the global model. The class reuses ``DDPStrategy`` for
@@ -19,10 +23,15 @@ weights across ranks instead.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
@@ -37,14 +46,24 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from lightning_fl.federated.aggregation import WeightedSum, all_finite
 from lightning_fl.errors import FederatedConfigError, check, is_int
-from lightning_fl.model_state import FlatModelState, split_like
+from lightning_fl.federated.aggregation import WeightedSum, all_finite
+from lightning_fl.federated.client_algorithms import (
+    AlgorithmContext,
+    ClientAlgorithm,
+    FedNova,
+    FedProx,
+    Scaffold,
+    TrainingSetup,
+)
+from lightning_fl.federated.client_state import ClientStateStore
 from lightning_fl.federated.partition import PARTITIONS, Partition, dataset_labels, make_partition
-from lightning_fl.federated.sampling import num_client_batches, sample_clients
+from lightning_fl.federated.sampling import num_client_steps, sample_clients, straggler_steps
 from lightning_fl.federated.schedule import ClientJob, RoundPlan, plan_round
-from lightning_fl.seeding import derive_seed
+from lightning_fl.federated.server_optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fl.federated.server_update import ServerOptimizerFactory, ServerUpdate
+from lightning_fl.model_state import FlatModelState, split_like
+from lightning_fl.seeding import derive_seed
 from lightning_fl.strategies.base import UnwrappedDDPStrategy
 from lightning_fl.strategies.round_data import (
     RoundBatchSampler,
@@ -66,15 +85,24 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             ``partition="silo"`` (where it must equal the world size).
         clients_per_round: clients sampled (uniformly, without replacement) each round. Default: all.
         local_epochs: full passes a client makes over its partition per round (shuffled each pass).
+        local_steps: a fixed number of local steps (batches) per client and round instead of
+            ``local_epochs``; it takes precedence when set. Steps run through reshuffled epochs as needed.
         partition: ``"iid"``, ``"dirichlet"`` (label skew, see ``alpha``), ``"shards"`` (McMahan et al.'s
             sort-and-shard split, see ``shards_per_client``) or ``"silo"`` (each process is one client
             and trains on its own DataModule's data as is; data never leaves the node).
         alpha: Dirichlet concentration for ``partition="dirichlet"``; smaller is more skewed.
         shards_per_client: shards per client for ``partition="shards"``.
         seed: seeds client sampling, partitions, client shuffles and each client's torch RNG.
+        client_algorithm: ``None`` (plain local SGD), ``FedProx(mu)``, ``Scaffold(server_lr)`` or
+            ``FedNova()`` (``lightning_fl.federated.client_algorithms``).
         server_optimizer: ``None`` for plain averaging, or a factory ``params -> torch.optim.Optimizer``
-            applied to the pseudo-gradient (global − average), e.g.
-            ``functools.partial(torch.optim.SGD, lr=1.0, momentum=0.9)`` for FedAvgM.
+            applied to the pseudo-gradient (global − average): ``FedAvgM``, ``FedAdagrad``, ``FedAdam``,
+            ``FedYogi`` (Reddi et al. 2021) or any torch optimizer, e.g.
+            ``functools.partial(torch.optim.SGD, lr=1.0, momentum=0.9)``.
+        stragglers: share of each round's clients that do a uniformly random part of their local steps
+            (at least one), as in FedProx's system-heterogeneity experiments.
+        client_state_dir: where per-client state (SCAFFOLD's control variates) is kept during a fit.
+            Default: ``<default_root_dir>/client_state``. With several nodes it must be a shared file system.
         skip_nonfinite_updates: drop a client whose weights hold NaN/inf after training (reported as
             ``fl/rejected_clients``) instead of failing the run. The global model is never corrupted.
         timeout: collective timeout (a ``timedelta`` or seconds); a dead rank ends the job after this
@@ -94,7 +122,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         alpha: float = 0.5,
         shards_per_client: int = 2,
         seed: int = 0,
+        client_algorithm: Optional[ClientAlgorithm] = None,
         server_optimizer: Optional[ServerOptimizerFactory] = None,
+        local_steps: Optional[int] = None,
+        stragglers: float = 0.0,
+        client_state_dir: Optional[str] = None,
         skip_nonfinite_updates: bool = True,
         accelerator: Any = None,
         parallel_devices: Optional[list[torch.device]] = None,
@@ -120,6 +152,17 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                     f"clients_per_round={clients_per_round} exceeds num_clients={limit}",
                 )
         check(is_int(local_epochs) and local_epochs >= 1, f"local_epochs must be an integer >= 1, got {local_epochs}")
+        if local_steps is not None:
+            check(is_int(local_steps) and local_steps >= 1, f"local_steps must be an integer >= 1, got {local_steps}")
+        check(
+            isinstance(stragglers, (int, float)) and not isinstance(stragglers, bool) and 0.0 <= stragglers <= 1.0,
+            f"stragglers must be a share of clients in [0, 1], got {stragglers}",
+        )
+        check(
+            client_algorithm is None or isinstance(client_algorithm, ClientAlgorithm),
+            "client_algorithm must be None, FedProx(...), Scaffold(...) or FedNova(), got "
+            f"{type(client_algorithm).__name__}",
+        )
         check(alpha > 0, f"alpha must be > 0, got {alpha}")
         check(
             is_int(shards_per_client) and shards_per_client >= 1,
@@ -143,6 +186,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self.num_clients = num_clients
         self.clients_per_round = clients_per_round
         self.local_epochs = int(local_epochs)
+        self.local_steps = None if local_steps is None else int(local_steps)
+        self.stragglers = float(stragglers)
+        # A private copy: registered names share one instance, and the algorithm keeps per-fit state.
+        self.client_algorithm = copy.deepcopy(client_algorithm)
+        self.client_state_dir = client_state_dir
         self.partition = partition
         self.alpha = float(alpha)
         self.shards_per_client = int(shards_per_client)
@@ -155,6 +203,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._global: Optional[torch.Tensor] = None
         self._global_ints: Optional[torch.Tensor] = None
         self._sum: Optional[WeightedSum] = None
+        self._update: Optional[torch.Tensor] = None  # scratch for a client's change, when a part needs it
+        self._stores: dict[str, ClientStateStore] = {}
+        self._client_state_root: Optional[Path] = None
         self._int_max: Optional[torch.Tensor] = None
         self._partition_cache: Optional[tuple[int, int, Partition]] = None
         self._plan: Optional[RoundPlan] = None
@@ -165,6 +216,20 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._checked_step_logging = False
         self._clients_started = 0
         self.round_stats: dict[str, float] = {}
+
+    @classmethod
+    def registered_presets(cls) -> dict[str, dict[str, Any]]:
+        # Defaults of each part are the ones its class documents (the papers' values).
+        return {
+            "fedavg": {},
+            "fedprox": {"client_algorithm": FedProx()},
+            "scaffold": {"client_algorithm": Scaffold()},
+            "fednova": {"client_algorithm": FedNova()},
+            "fedavgm": {"server_optimizer": FedAvgM()},
+            "fedadagrad": {"server_optimizer": FedAdagrad()},
+            "fedadam": {"server_optimizer": FedAdam()},
+            "fedyogi": {"server_optimizer": FedYogi()},
+        }
 
     # ------------------------------------------------------------------ settings
     @property
@@ -254,15 +319,70 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._global_ints = self._broadcast(state.pack_ints())
         state.unpack(self._global)
         state.unpack_ints(self._global_ints)
-        self._sum = WeightedSum(state.numel, dtype=state.dtype, device=self.root_device)
         self._int_max = torch.empty_like(self._global_ints)
         self.server.bind(self._global)
+        self._stores = {}
+        self._client_state_root = None
+        algorithm = self.client_algorithm
+        if algorithm is not None:
+            algorithm.check_training(
+                TrainingSetup(self.optimizers, module.automatic_optimization, str(trainer.precision))
+            )
+            params = list(module.parameters())
+            algorithm.setup(
+                AlgorithmContext(
+                    params=params,
+                    global_flat=self._global,
+                    param_numel=sum(p.numel() for p in params),
+                    num_clients=self.total_clients,
+                    open_store=self._open_store,
+                )
+            )
+        self._sum = WeightedSum(
+            state.numel,
+            dtype=state.dtype,
+            device=self.root_device,
+            extra=algorithm.sums() if algorithm is not None else None,
+        )
+        self._update = torch.empty_like(self._global) if self._sums_updates else None
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
         self._warn_about_step_schedulers()
         # Round statistics are identical on every rank by construction; no need to sync them.
         warnings.filterwarnings("ignore", message=r".*self\.log\('fl/.*sync_dist=True.*")
+
+    @property
+    def _sums_updates(self) -> bool:
+        """Whether clients contribute their change (weights − global) rather than their weights."""
+        return self.client_algorithm is not None and self.client_algorithm.needs_update
+
+    def _open_store(self, name: str, numel: int) -> ClientStateStore:
+        """A per-client store under this fit's own directory (created by rank 0, shared by all ranks)."""
+        if self._client_state_root is None:
+            trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+            base = self.client_state_dir or os.path.join(trainer.default_root_dir, "client_state")
+            path = None
+            if self.is_global_zero:
+                os.makedirs(base, exist_ok=True)
+                path = tempfile.mkdtemp(prefix="run-", dir=base)
+            self._client_state_root = Path(self.broadcast(path))
+        assert self._model_state is not None
+        store = ClientStateStore(self._client_state_root / name, numel, dtype=self._model_state.dtype)
+        self._stores[name] = store
+        return store
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        # Every rank finished writing before the last round's all-reduce; checkpoints hold snapshots.
+        root = self._client_state_root
+        if root is not None and self.is_global_zero:
+            shutil.rmtree(root, ignore_errors=True)
+            try:
+                root.parent.rmdir()  # the base directory, if no other run uses it
+            except OSError:
+                pass
+        self._client_state_root = None
 
     def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.root_device)
@@ -291,7 +411,6 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             self._plan,
             (lambda _client: partition.client(0)) if self.is_silo else partition.client,
             batch_size=batch_size,
-            local_epochs=self.local_epochs,
             drop_last=drop_last,
             seed=self.seed,
         )
@@ -334,14 +453,18 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
     def _make_plan(self, round_idx: int, partition: Partition, batch_size: int, drop_last: bool) -> RoundPlan:
         sampled = sample_clients(self.total_clients, self.sampled_per_round, self.seed, round_idx)
         if self.is_silo:
-            sizes_by_rank = self._silo_sizes(len(partition.indices))
-            sizes = [sizes_by_rank[c] for c in sampled]
+            # Each silo batches its own data: its size, batch size and drop_last come from its process.
+            facts = self._silo_loader_facts(len(partition.indices), batch_size, drop_last)
+            sizes = [facts[c][0] for c in sampled]
+            steps = [self._client_steps(*facts[c]) for c in sampled]
             owners = [[p for p, c in enumerate(sampled) if c == r] for r in range(self.world_size)]
         else:
             all_sizes = partition.sizes().tolist()
             sizes = [all_sizes[c] for c in sampled]
+            steps = [self._client_steps(n, batch_size, drop_last) for n in sizes]
             owners = None
-        steps = [num_client_batches(n, batch_size, self.local_epochs, drop_last) for n in sizes]
+        if self.stragglers:
+            steps = straggler_steps(steps, sampled, self.stragglers, self.seed, round_idx)
         plan = plan_round(round_idx, sampled, sizes, steps, self.world_size, self.global_rank, owners)
         if plan.local_steps == 0:
             # Deterministic on every rank, so all ranks stop here together instead of hanging later.
@@ -351,12 +474,18 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             )
         return plan
 
-    def _silo_sizes(self, local_size: int) -> list[int]:
+    def _client_steps(self, num_samples: int, batch_size: int, drop_last: bool) -> int:
+        return num_client_steps(num_samples, batch_size, drop_last, self.local_epochs, self.local_steps)
+
+    def _silo_loader_facts(self, local_size: int, batch_size: int, drop_last: bool) -> list[tuple[int, int, bool]]:
+        """(samples, batch size, drop_last) of every silo, gathered from the processes that own them."""
+        mine = torch.tensor([local_size, batch_size, int(drop_last)], dtype=torch.long, device=self.root_device)
         if self.world_size == 1:
-            return [local_size]
-        sizes = [torch.zeros(1, dtype=torch.long, device=self.root_device) for _ in range(self.world_size)]
-        dist.all_gather(sizes, torch.tensor([local_size], dtype=torch.long, device=self.root_device))
-        return [int(s.item()) for s in sizes]
+            gathered = [mine]
+        else:
+            gathered = [torch.zeros_like(mine) for _ in range(self.world_size)]
+            dist.all_gather(gathered, mine)
+        return [(int(f[0]), int(f[1]), bool(f[2])) for f in gathered]
 
     # ------------------------------------------------------------------ the round
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -396,14 +525,39 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         model: Optional[LightningModule | torch.nn.Module] = None,
         **kwargs: Any,
     ) -> Any:
+        algorithm = self.client_algorithm
         if self._padding:
             closure()  # Lightning requires the closure to run; the padding loss has no parameters
             output = None
+        elif algorithm is not None and algorithm.hooks_steps:
+            output = super().optimizer_step(optimizer, self._corrected(closure, algorithm), model, **kwargs)
+            algorithm.after_step(optimizer)
         else:
             output = super().optimizer_step(optimizer, closure, model, **kwargs)
         if self.lightning_module.automatic_optimization:  # type: ignore[union-attr]
             self._after_step()
         return output
+
+    def _corrected(self, closure: Callable[[], Any], algorithm: ClientAlgorithm) -> Callable[[], Any]:
+        """The closure, then the algorithm's gradient correction: after backward, before clipping.
+
+        The precision plugin calls this closure first and clips (and, under 16-mixed, unscales) after it,
+        so a correction added here is part of what clipping and the optimizer see. Under manual
+        optimization backward already ran and the closure does nothing.
+        """
+
+        def run() -> Any:
+            result = closure()
+            algorithm.correct_gradients(self._loss_scale())
+            return result
+
+        return run
+
+    def _loss_scale(self) -> Optional[torch.Tensor]:
+        scaler = getattr(self.precision_plugin, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            return None
+        return scaler._get_scale_async()  # a tensor: no host sync per step
 
     def _after_step(self) -> None:
         plan = self._plan
@@ -439,7 +593,10 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._sum.reset()
         self._int_max.copy_(self._global_ints)  # type: ignore[arg-type]
         for job in plan.idle_jobs:  # too small for one batch: contributes the global model unchanged
-            self._sum.add_(self._global, job.num_samples / plan.round_samples)
+            if self._sums_updates:
+                self._sum.add_(torch.zeros(()), job.num_samples / plan.round_samples)
+            else:
+                self._sum.add_(self._global, job.num_samples / plan.round_samples)
 
     def _begin_client(self, plan: RoundPlan, job: ClientJob) -> None:
         state = self._model_state
@@ -451,6 +608,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             optimizer.state.clear()  # a fresh optimizer per client; LRs keep following the schedulers
         # Each client's own RNG stream (dropout, augmentation): independent of which rank trains it.
         torch.manual_seed(derive_seed(self.seed, "client-rng", plan.round_idx, job.client_id))
+        if self.client_algorithm is not None:
+            self.client_algorithm.client_start(job.client_id)
 
     def _end_client(self, plan: RoundPlan, job: ClientJob) -> None:
         state = self._model_state
@@ -467,7 +626,14 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             )
             self._sum.reject_()
             return
-        self._sum.add_parts_(state.float_tensors, job.num_samples / plan.round_samples)
+        weight = job.num_samples / plan.round_samples
+        if self._sums_updates:
+            assert self._update is not None and self._global is not None and self.client_algorithm is not None
+            update = state.pack_into(self._update).sub_(self._global)
+            self.client_algorithm.client_update(job.client_id, update, weight, self._sum.extra)
+            self._sum.add_(update, weight)
+        else:
+            self._sum.add_parts_(state.float_tensors, weight)
         state.max_ints_into(self._int_max)
 
     def _end_round(self, plan: RoundPlan) -> None:
@@ -482,6 +648,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 dist.all_reduce(self._int_max, op=dist.ReduceOp.MAX)
                 comm_bytes += _ring_allreduce_bytes(self._int_max, self.world_size)
         rejected = total.rejected
+        total_weight = total.total_weight
         average = total.average_()
         if average is None:
             rank_zero_warn(
@@ -489,7 +656,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 "the global model is unchanged"
             )
         else:
-            self.server.step(average)
+            self._server_step(average, total_weight)
             assert self._global_ints is not None and self._int_max is not None
             self._global_ints.copy_(self._int_max)
         state.unpack(self._global)
@@ -503,10 +670,24 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             "fl/comm_bytes": float(comm_bytes),
             "fl/model_bytes": float(state.nbytes),
         }
+        if self._stores:
+            self.round_stats["fl/client_state_bytes"] = float(sum(s.disk_bytes() for s in self._stores.values()))
         module = self.lightning_module
         assert module is not None
         for name, value in self.round_stats.items():
             module.log(name, value, on_step=False, on_epoch=True, batch_size=1, prog_bar=name == "fl/clients")
+
+    def _server_step(self, average: torch.Tensor, total_weight: float) -> None:
+        """Hand the round's average (of weights, or of changes) through the algorithm to the server optimizer."""
+        algorithm = self.client_algorithm
+        assert self._sum is not None and self._global is not None
+        if not self._sums_updates and (algorithm is None or not algorithm.rewrites_average):
+            self.server.step(average)  # plain FedAvg copies the average exactly
+            return
+        update = average if self._sums_updates else average.sub_(self._global)
+        if algorithm is not None:
+            algorithm.server_update(update, self._sum.extra, total_weight)
+        self.server.step_update(update)
 
     def on_exception(self, exception: BaseException) -> None:
         super().on_exception(exception)
@@ -528,14 +709,28 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Optional[Any] = None
     ) -> None:
+        algorithm = self.client_algorithm
         checkpoint[CHECKPOINT_KEY] = {
             "version": 1,
             "strategy": type(self).strategy_name,
             "seed": self.seed,
             "mid_round": self._in_round,
             "server": self.server.state_dict(),
+            "client_algorithm": None if algorithm is None else algorithm.name,
+            "client_algorithm_state": {} if algorithm is None else algorithm.state_dict(),
+            "client_state": sorted(self._stores),
         }
+        if self._stores and self.is_global_zero:
+            # Written before the checkpoint file, so a checkpoint that exists always has its client state.
+            for name, store in self._stores.items():
+                store.snapshot(_client_state_snapshot(filepath) / name)
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def remove_checkpoint(self, filepath: _PATH) -> None:
+        super().remove_checkpoint(filepath)
+        snapshot = _client_state_snapshot(filepath)
+        if self.is_global_zero and snapshot.is_dir():
+            shutil.rmtree(snapshot, ignore_errors=True)
 
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: Optional[bool] = None) -> dict[str, Any]:
         checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
@@ -548,6 +743,21 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                     f"checkpoint '{checkpoint_path}' was saved in the middle of a round; its weights are the "
                     "last global model, but training can only resume from a checkpoint saved at a round end"
                 )
+            trained_with = state.get("client_algorithm")
+            running = None if self.client_algorithm is None else self.client_algorithm.name
+            if trained_with != running:
+                raise FederatedConfigError(
+                    f"checkpoint '{checkpoint_path}' was trained with client_algorithm={trained_with}, this run "
+                    f"uses client_algorithm={running}; resume with the same client algorithm"
+                )
+            if state.get("client_state"):
+                snapshot = _client_state_snapshot(checkpoint_path)
+                if not snapshot.is_dir():
+                    raise FederatedConfigError(
+                        f"checkpoint '{checkpoint_path}' needs its per-client state directory '{snapshot}' "
+                        f"({', '.join(state['client_state'])}), which is missing; copy it beside the checkpoint"
+                    )
+                state = dict(state, client_state_snapshot=str(snapshot))
             if state.get("seed") != self.seed:
                 rank_zero_warn(
                     f"lightning_fl: resuming with seed={self.seed} from a run with seed={state.get('seed')}: "
@@ -561,8 +771,20 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.server.load_state_dict(state.get("server", {}))
+        if self.client_algorithm is not None:
+            self.client_algorithm.load_state_dict(state.get("client_algorithm_state", {}))
+        snapshot = state.get("client_state_snapshot")
+        if snapshot is not None:
+            if self.is_global_zero:
+                for name, store in self._stores.items():
+                    store.restore(Path(snapshot) / name)
+            self.barrier("lightning_fl.restore_client_state")  # no rank reads a client before it is back
 
 
+
+def _client_state_snapshot(checkpoint_path: _PATH) -> Path:
+    """The directory beside a checkpoint that holds its per-client state (SCAFFOLD's c_i)."""
+    return Path(f"{os.fspath(checkpoint_path)}.client_state")
 
 
 def _ring_allreduce_bytes(tensor: torch.Tensor, world_size: int) -> int:

@@ -91,7 +91,14 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
         staleness: Optional[int] = None,
         scale_stale_gradients: bool = True,
+        client_algorithm: None = None,
     ) -> None:
+        # Accepted only to refuse it with a reason: a Hydra override or a copied FedAvg call may pass it.
+        check(
+            client_algorithm is None,
+            f"client_algorithm={client_algorithm!r} is a federated setting (it changes clients' local training); "
+            "the parameter server trains one model from every worker's gradients: use FedAvgStrategy for it",
+        )
         check(
             staleness is None or (is_int(staleness) and staleness >= 0),
             f"staleness must be null (synchronous) or an integer >= 0, got {staleness!r}",

@@ -25,7 +25,6 @@ class RoundBatchSampler(Sampler[list[int]]):
         plan: RoundPlan,
         client_indices: Callable[[int], torch.Tensor],
         batch_size: int,
-        local_epochs: int,
         drop_last: bool,
         seed: int,
         pad_index: int = 0,
@@ -33,7 +32,6 @@ class RoundBatchSampler(Sampler[list[int]]):
         self.plan = plan
         self.client_indices = client_indices
         self.batch_size = batch_size
-        self.local_epochs = local_epochs
         self.drop_last = drop_last
         self.seed = seed
         self.pad_index = pad_index
@@ -49,7 +47,7 @@ class RoundBatchSampler(Sampler[list[int]]):
             batches = client_batches(
                 self.client_indices(job.client_id),
                 self.batch_size,
-                self.local_epochs,
+                job.num_steps,
                 self.drop_last,
                 self.seed,
                 self.plan.round_idx,

@@ -40,6 +40,9 @@ def main() -> None:
         import functools
 
         strategy_kwargs["server_optimizer"] = functools.partial(torch.optim.SGD, **server)
+    # "parts": {"client_algorithm": ["FedProx", {"mu": 0.1}], "server_optimizer": ["FedYogi", {...}]}
+    for arg, (name, kwargs) in options.get("parts", {}).items():
+        strategy_kwargs[arg] = getattr(lightning_fl, name)(**kwargs)
     # "by_name": use the registered name, e.g. Trainer(strategy="fedavg"), with its defaults;
     # "parameter_server": ParameterServerStrategy with the given kwargs instead of FedAvg.
     if "parameter_server" in options:
