@@ -188,6 +188,10 @@ def _data():
     g = torch.Generator().manual_seed(7)
     x = torch.randn(K, P, generator=g)
     x[3] = x[5]  # identical updates: Krum ties must still resolve the same way everywhere
+    # Two outliers that look central on the first coordinates (rank 0's shard) and are far on the last ones:
+    # Krum must see the distances summed over every shard to reject them.
+    x[[0, 2], :12] = 0.0
+    x[[0, 2], 12:] = 30.0
     ids = (torch.randperm(50, generator=g)[:K] + 100).tolist()
     return x, ids
 
@@ -207,8 +211,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         start = sum(COUNTS[world][:rank])
         mine = slice(start, start + COUNTS[world][rank])
         local, local_ids = x[mine].clone(), ids[mine]
+        median = Median()
         results = {
-            "median": Median().aggregate(local, local_ids),
+            "median": median.aggregate(local, local_ids),
+            "median_bytes": torch.tensor(median.last_stats.bytes_sent),
             "median_chunked": distributed_coordinatewise(local, local_ids, "median", chunk_columns=2),
             "trimmed": TrimmedMean(0.25).aggregate(local, local_ids),
             "trimmed_chunked": distributed_coordinatewise(local, local_ids, "trimmed_mean", 0.25, chunk_columns=3),
@@ -255,9 +261,11 @@ def _reference() -> dict[str, torch.Tensor]:
 def test_distributed_rules_equal_the_single_process_rule(tmp_path, world):
     # fork: the children inherit the imported modules (spawn would re-import Lightning in each, ~10 s here)
     mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, start_method="fork")
-    ref = _reference()
-    # the one-process path of the same config objects (torch.distributed not initialised here)
     x, ids = _data()
+    ref = _reference()
+    outliers = {ids[0], ids[2]}
+    assert not outliers & set(ref["multikrum_selected"].tolist())
+    # the one-process path of the same config objects (torch.distributed not initialised here)
     assert torch.equal(Median().aggregate(x, ids), ref["median"])
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     for res in per_rank:
@@ -274,5 +282,9 @@ def test_distributed_rules_equal_the_single_process_rule(tmp_path, world):
     # Coordinate-wise rules only sort each column, so they are bit-identical to the one-process rule.
     assert torch.equal(per_rank[0]["median"], ref["median"])
     assert torch.equal(per_rank[0]["trimmed"], ref["trimmed"])
-    # Rank 1 holds COUNTS[world][1] updates and sends (W-1)/W of its columns to others (+ shard, + K×K Gram).
-    assert int(per_rank[1]["krum_bytes"]) > 0
+    # Bytes rank 1 sends to the others, float32, shard S = ceil(23 / W): its k updates' columns of the W - 1
+    # other shards, then its aggregated shard to each of the W - 1 others: 4·(k + 1)·S·(W - 1).
+    # W=2: k=4, S=12 -> 4·5·12·1 = 240. W=3: k=6, S=8 -> 4·7·8·2 = 448.
+    assert int(per_rank[1]["median_bytes"]) == {2: 240, 3: 448}[world]
+    # Krum adds the W - 1 copies of its 9×9 float64 partial Gram matrix (648 bytes each) and pass 2.
+    assert int(per_rank[1]["krum_bytes"]) >= {2: 240, 3: 448}[world] + 648 * (world - 1)

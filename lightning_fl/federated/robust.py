@@ -230,28 +230,38 @@ class _Round:
 
 
 def _exchange(
-    local: torch.Tensor, counts: list[int], numel: int, world: int, rank: int, group: object | None, columns: int
+    local: torch.Tensor,
+    counts: list[int],
+    numel: int,
+    world: int,
+    rank: int,
+    group: object | None,
+    columns: int,
+    stats: CommStats,
 ):
-    """Yield (lo, hi, x) for each chunk of this rank's coordinate shard: x is ``[K, columns]``, rows rank-major.
+    """Yield (start, width, x) for each chunk of this rank's coordinate shard: x is ``[K, ≥ width]``, rows
+    rank-major (rank 0's rows in its order, then rank 1's, ...), columns start..start+width of the shard.
 
     Shard r covers coordinates [r·S, (r+1)·S) ∩ [0, P) with S = ⌈P/W⌉. One all-to-all per chunk moves column
-    block c of every shard to its owner; out-of-range columns (P not divisible by W) are zero padding.
+    block [start, start + columns) of every shard to its owner; columns past P (P not divisible by W) are zero
+    padding. Temporaries: the send and receive buffers, ≤ (k_r·W + K)·columns values.
     """
     k = local.shape[0]
     shard = -(-numel // world)
     total = sum(counts)
     for start in range(0, shard, columns):
-        send = local.new_zeros(world, k, columns)
+        cols = min(columns, shard - start)
+        send = local.new_zeros(world, k, cols)
         for s in range(world):
-            lo, hi = s * shard + start, min(s * shard + start + columns, (s + 1) * shard, numel)
+            lo, hi = s * shard + start, min(s * shard + start + cols, numel)
             if hi > lo:
                 send[s, :, : hi - lo] = local[:, lo:hi]
-        recv = local.new_empty(total, columns)
+        recv = local.new_empty(total, cols)
         # Split sizes count rows (dim 0): k rows to every rank, counts[q] rows from rank q.
-        dist.all_to_all_single(recv, send.view(world * k, columns), counts, [k] * world, group=group)
+        dist.all_to_all_single(recv, send.view(world * k, cols), counts, [k] * world, group=group)
+        stats.add(k * cols * (world - 1) * local.element_size())
         lo = rank * shard + start
-        hi = min(lo + columns, (rank + 1) * shard, numel)
-        yield start, max(hi - lo, 0), recv
+        yield start, max(min(lo + cols, numel) - lo, 0), recv
 
 
 def _chunk_columns(rows: int, shard: int, chunk_columns: int | None) -> int:
@@ -311,8 +321,7 @@ def distributed_coordinatewise(
     columns = _chunk_columns(info.total, shard, chunk_columns)
     out = local_updates.new_zeros(shard)
     itemsize = local_updates.element_size()
-    for start, width, recv in _exchange(local_updates, info.counts, info.numel, world, rank, group, columns):
-        stats.add(local_updates.shape[0] * columns * (world - 1) * itemsize)
+    for start, width, recv in _exchange(local_updates, info.counts, info.numel, world, rank, group, columns, stats):
         if width:
             out[start : start + width] = column_rule(recv[:, :width])
     stats.add(shard * (world - 1) * itemsize)
@@ -346,9 +355,7 @@ def distributed_krum(
         shard = -(-info.numel // world)
         columns = _chunk_columns(info.total, shard, chunk_columns)
         gram = torch.zeros(info.total, info.total, dtype=torch.float64, device=local_updates.device)
-        itemsize = local_updates.element_size()
-        for _, width, recv in _exchange(local_updates, info.counts, info.numel, world, rank, group, columns):
-            stats.add(local_updates.shape[0] * columns * (world - 1) * itemsize)
+        for _, width, recv in _exchange(local_updates, info.counts, info.numel, world, rank, group, columns, stats):
             if width:
                 _accumulate_gram(gram, recv[:, :width])
         parts = torch.empty(world, info.total, info.total, dtype=torch.float64, device=gram.device)
@@ -376,8 +383,7 @@ def distributed_krum(
     out = local_updates.new_zeros(shard)
     idx = torch.as_tensor(by_id, dtype=torch.long, device=local_updates.device)
     itemsize = local_updates.element_size()
-    for start, width, recv in _exchange(selected, sel_counts, info.numel, world, rank, group, columns):
-        stats.add(selected.shape[0] * columns * (world - 1) * itemsize)
+    for start, width, recv in _exchange(selected, sel_counts, info.numel, world, rank, group, columns, stats):
         if width:
             out[start : start + width] = recv[:, :width].index_select(0, idx).double().mean(dim=0).to(out.dtype)
     stats.add(shard * (world - 1) * itemsize)
