@@ -14,14 +14,20 @@ class RoundSummary(Callback):
     """Prints one line per round (rank 0): round, clients, samples, chosen metrics, seconds, bytes.
 
     With a strategy that has no rounds (e.g. ``parameter_server``) the line is per epoch.
+
+    ``metrics``: the logged names to show. ``None`` shows ``train_loss``, ``val_loss`` and ``val_acc``, or,
+    when the module logs none of those (``train/loss``, ``val/acc``, ...), every metric it logs (the
+    strategy's own ``fl/*`` and ``ps/*`` statistics and per-step ``*_step`` values aside).
     """
+
+    DEFAULT_METRICS = ("train_loss", "val_loss", "val_acc")
 
     def __init__(
         self,
-        metrics: Sequence[str] = ("train_loss", "val_loss", "val_acc"),
+        metrics: Optional[Sequence[str]] = None,
         print_fn: Optional[Callable[[str], None]] = None,
     ) -> None:
-        self.metrics = tuple(metrics)
+        self.metrics = tuple(metrics) if metrics is not None else None
         self.print_fn = print_fn
         self._start = 0.0
         self.lines: list[str] = []
@@ -41,13 +47,26 @@ class RoundSummary(Callback):
             parts.append(f"clients {int(stats['fl/clients'])} ({int(stats['fl/samples'])} samples)")
             if stats.get("fl/rejected_clients"):
                 parts.append(f"rejected {int(stats['fl/rejected_clients'])}")
-        parts += [f"{name} {float(metrics[name]):.4f}" for name in self.metrics if name in metrics]
+        parts += [f"{name} {float(metrics[name]):.4f}" for name in self._names(metrics)]
         parts.append(f"{seconds:.2f} s")
         if stats:
             parts.append(f"comm {stats['fl/comm_bytes'] / 1e6:.2f} MB/rank")
         line = " | ".join(parts)
         self.lines.append(line)
         self._emit(trainer, line)
+
+    def _names(self, metrics: dict[str, Any]) -> list[str]:
+        if self.metrics is not None:
+            return [n for n in self.metrics if n in metrics]
+        usual = [n for n in self.DEFAULT_METRICS if n in metrics]
+        if usual:
+            return usual
+        own = ("fl/", "ps/", "epoch", "step")
+        return sorted(
+            n
+            for n, v in metrics.items()
+            if not n.startswith(own) and not n.endswith("_step") and getattr(v, "numel", lambda: 1)() == 1
+        )
 
     def _emit(self, trainer: Trainer, line: str) -> None:
         if self.print_fn is not None:

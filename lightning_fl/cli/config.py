@@ -4,15 +4,23 @@ Each dataclass mirrors one Python constructor field by field (``tests/test_cli_c
 so ``strategy.local_epochs=5`` on the command line is ``FedAvgStrategy(local_epochs=5)`` in Python. The
 YAML files in ``conf/`` pick values on top of these schemas; a typo in a key or a value of the wrong type
 is an error at composition time.
+
+Keep this module's imports to Hydra, OmegaConf and the standard library: the Hydra plugin
+(``hydra_plugins/lightning_fl_searchpath``) executes this file on its own in other people's Hydra apps,
+where importing ``lightning_fl`` (torch, Lightning) just to compose a config would be a cost.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, SI
+from omegaconf import MISSING, SI, OmegaConf
+
+# The strategy's seed follows the app's top-level `seed` when that is an integer, else the strategy's own
+# default 0: Lightning+Hydra apps often have `seed: null`, or no seed at all.
+STRATEGY_SEED = SI("${lightning_fl.seed:0}")
 
 
 @dataclass
@@ -24,7 +32,7 @@ class FedAvgConfig:
     partition: str = "iid"
     alpha: float = 0.5
     shards_per_client: int = 2
-    seed: int = SI("${seed}")
+    seed: int = STRATEGY_SEED
     # None (plain averaging) or an optimizer factory: {_target_: torch.optim.SGD, _partial_: true, ...}
     server_optimizer: Optional[Any] = None
     skip_nonfinite_updates: bool = True
@@ -72,7 +80,9 @@ class ImageClassifierConfig:
     weight_decay: float = 0.0
     optimizer: str = "sgd"
     lr_decay: float = 1.0
-    # in_shape and num_classes come from the data module at run time.
+    # The data module class's `dims` and `num_classes` (class attributes), unless set on the command line.
+    in_shape: Any = SI("${lightning_fl.data_attr:dims}")
+    num_classes: int = SI("${lightning_fl.data_attr:num_classes}")
 
 
 @dataclass
@@ -104,7 +114,33 @@ class RunConfig:
     seed: int = 0
     test: bool = True  # evaluate the final global model on the test split after training
     ckpt_path: Optional[str] = None  # resume training from this checkpoint
-    summary_metrics: list[str] = field(default_factory=lambda: ["train_loss", "val_loss", "val_acc"])
+    logger: Any = None  # group `logger`: csv, tensorboard, mlflow, wandb
+    callbacks: Any = None  # group `callbacks`: {name: callback config}
+
+
+def _seed_or(default: Any, *, _root_: Any) -> int:
+    value = OmegaConf.select(_root_, "seed", default=None, throw_on_missing=False)
+    return value if isinstance(value, int) and not isinstance(value, bool) else int(default)
+
+
+def _data_attr(name: str, *, _root_: Any) -> Any:
+    """A class attribute of the configured data module (``dims``, ``num_classes``), without building it."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(_root_, "data._target_", default=None)
+    if target is None:
+        raise ValueError(f"model: there is no data._target_ to read '{name}' from; set it on the model")
+    value = getattr(get_class(target), name, None)
+    if value is None:
+        setting = "model.in_shape=[C,H,W]" if name == "dims" else f"model.{name}=..."
+        raise ValueError(f"model: the data module {target} has no class attribute '{name}'; set {setting}")
+    return list(value) if isinstance(value, tuple) else value
+
+
+def register_resolvers() -> None:
+    """``${lightning_fl.seed:DEFAULT}`` and ``${lightning_fl.data_attr:NAME}`` (idempotent)."""
+    OmegaConf.register_new_resolver("lightning_fl.seed", _seed_or, replace=True)
+    OmegaConf.register_new_resolver("lightning_fl.data_attr", _data_attr, replace=True)
 
 
 def register_configs() -> None:

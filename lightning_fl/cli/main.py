@@ -19,10 +19,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_fl.cli.config import register_configs
+from lightning_fl.cli.config import register_configs, register_resolvers
 
 CONFIG_MODULE = "lightning_fl.conf"
 CONFIG_NAME = "config"
+# Hydra's own command-line options that take a value (`--config-dir DIR` or `--config-dir=DIR`).
+_VALUE_OPTIONS = {"--config-dir": "config_dir", "-cd": "config_dir", "--config-name": "config_name",
+                  "-cn": "config_name", "--config-path": "config_path", "-cp": "config_path",
+                  "--package": None, "-p": None, "--experimental-rerun": None, "--shell-completion": None,
+                  "-sc": None}  # fmt: skip
+
+# Resolvers the schemas use; registered at import so that jobs a launcher starts (submitit) have them too.
+register_resolvers()
 
 
 def _fail(message: str) -> NoReturn:
@@ -45,15 +53,34 @@ def _config_error_text(exc: BaseException) -> str:
     return str(exc).splitlines()[0]
 
 
-def _first_choice_overrides(args: list[str]) -> list[str]:
-    """The command-line overrides with each sweep replaced by its first value, hydra.* left out."""
+def _split_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Hydra's command line as (overrides, {"config_dir"|"config_name"|"config_path": value})."""
+    overrides: list[str] = []
+    options: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name in _VALUE_OPTIONS:
+            if not eq:  # the value is the next argument
+                i += 1
+                value = args[i] if i < len(args) else ""
+            if _VALUE_OPTIONS[name]:
+                options[_VALUE_OPTIONS[name]] = value
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+        i += 1
+    return overrides, options
+
+
+def _first_choice_overrides(overrides: list[str]) -> list[str]:
+    """The overrides with each sweep replaced by its first value, hydra.* left out but hydra.searchpath."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = [a for a in args if not a.startswith("-")]
     parsed = OverridesParser.create().parse_overrides(overrides)
     out = []
     for o in parsed:
-        if o.key_or_group.startswith("hydra"):
+        if o.key_or_group.startswith("hydra") and o.key_or_group != "hydra.searchpath":
             continue
         if o.is_sweep_override():
             value = next(iter(o.sweep_string_iterator()))
@@ -67,30 +94,67 @@ def _check_overrides(args: list[str]) -> None:
     """Compose once up front so a typo or a wrong type is a one-line error, not a Hydra traceback."""
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i") or a.startswith("--cfg") for a in args):
         return
+    import os
+
     from hydra import compose, initialize_config_module
 
     try:
-        overrides = _first_choice_overrides(args)
+        overrides, options = _split_args(args)
+        overrides = _first_choice_overrides(overrides)
+        # --config-dir (and --config-path) add a directory to the search path, as hydra.searchpath does.
+        extra = [options[k] for k in ("config_path", "config_dir") if k in options]
+        for directory in extra:
+            if not os.path.isdir(directory):
+                raise FileNotFoundError(f"--config-dir: directory '{directory}' not found")
+        if extra:
+            searchpath = [f"file://{os.path.abspath(d)}" for d in extra]
+            given = [o for o in overrides if o.lstrip("+~").startswith("hydra.searchpath=")]
+            for o in given:
+                searchpath = _searchpath_value(o) + searchpath
+            overrides = [o for o in overrides if o not in given] + [f"hydra.searchpath=[{','.join(searchpath)}]"]
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
-            compose(config_name=CONFIG_NAME, overrides=overrides)
+            compose(config_name=options.get("config_name", CONFIG_NAME), overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - every composition problem becomes one line
         _fail(_config_error_text(exc))
+
+
+def _searchpath_value(override: str) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    value = OverridesParser.create().parse_override(override).value()
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _own_module_and_data(args: list[str]) -> list[str]:
+    """``model._target_=my_pkg.MyModule`` (or ``data._target_=``) without a ``model=`` choice: the user's
+    class with only the user's keys. The built-in default (``model: cnn``, with the classifier schema's
+    fields) is dropped and every ``model.*`` override adds its key, so ``model.hidden=64`` needs no ``+``."""
+    overrides, _ = _split_args(args)
+    out = list(args)
+    for group in ("model", "data"):
+        keys = [o.split("=", 1)[0] for o in overrides]
+        targets = {f"{group}._target_", f"+{group}._target_", f"++{group}._target_"}
+        chosen = any(k.lstrip("~+") == group for k in keys)
+        if chosen or not targets.intersection(keys):
+            continue
+        out = [("+" + a if a.startswith(f"{group}.") and a in overrides else a) for a in out]
+        out.append(f"~{group}")
+    return out
 
 
 def train(cfg: DictConfig) -> float | None:
     """Build data, model, strategy and trainer from ``cfg`` and run fit (and test)."""
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.loggers import CSVLogger
 
-    from lightning_fl.callbacks import RoundProgressBar, RoundSummary
+    from lightning_fl.callbacks import RoundProgressBar
     from lightning_fl.errors import FederatedConfigError
 
     # Lightning 2.6 on torch >= 2.10 warns about its own use of a torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, in_shape=list(datamodule.dims), num_classes=datamodule.num_classes)
+    model = instantiate(cfg.model)  # the built-in classifiers read in_shape/num_classes from cfg.data
     strategy_cfg = cfg.strategy
     if _is_multirun() and strategy_cfg.get("start_method") == "popen" and _more_than_one_device(cfg.trainer):
         # popen re-runs the command line for ranks > 0, which a Hydra sweep cannot do (see docs/design.md).
@@ -104,14 +168,17 @@ def train(cfg: DictConfig) -> float | None:
             raise FederatedConfigError(f"strategy.{cause}") from None
         raise
     output_dir = HydraConfig.get().runtime.output_dir
-    callbacks: list[Any] = [RoundSummary(metrics=list(cfg.summary_metrics))]
+    chosen = [c for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses a ModelCheckpoint then
+        chosen = [c for c in chosen if not str(c.get("_target_", "")).endswith("ModelCheckpoint")]
+    callbacks: list[Any] = [instantiate(c) for c in chosen]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RoundProgressBar())
     trainer = instantiate(
         cfg.trainer,
         strategy=strategy,
         callbacks=callbacks,
-        logger=CSVLogger(save_dir=output_dir, name="", version="logs"),  # beside Hydra's .hydra/
+        logger=_logger(cfg.get("logger")),
         default_root_dir=output_dir,
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -128,6 +195,30 @@ def train(cfg: DictConfig) -> float | None:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"lightning-fl: done after {rounds} {unit}: {shown}; outputs in {output_dir}", flush=True)
     return metrics.get("val_acc")
+
+
+# The optional package each logger of the `logger` group needs, and the extra that installs it.
+_LOGGER_EXTRAS = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "MLFlowLogger": (("mlflow",), "mlflow"),
+    "WandbLogger": (("wandb",), "wandb"),
+}
+
+
+def _logger(cfg: Any) -> Any:
+    """The `logger` group's choice (csv by default); `logger=null` logs nothing."""
+    import importlib.util
+
+    from hydra.utils import instantiate
+
+    if cfg is None:
+        return False
+    name = str(cfg.get("_target_", "")).rsplit(".", 1)[-1]
+    modules, extra = _LOGGER_EXTRAS.get(name, ((), None))
+    if modules and all(importlib.util.find_spec(m) is None for m in modules):
+        choice = HydraConfig.get().runtime.choices.get("logger", name)
+        raise ImportError(f"logger={choice} needs {modules[0]}: pip install 'lightning-fl[{extra}]'")
+    return instantiate(cfg)
 
 
 def _is_multirun() -> bool:
@@ -156,14 +247,45 @@ def _hydra_entry(cfg: DictConfig) -> float | None:
         from omegaconf.errors import OmegaConfBaseException
 
         if isinstance(exc, OmegaConfBaseException) or "InstantiationException" in type(exc).__name__:
-            cause = exc.__cause__
-            if isinstance(cause, (FederatedConfigError, FileNotFoundError, ImportError, ValueError)):
-                _fail(str(cause))
-            _fail(_config_error_text(exc))
+            _fail(_instantiation_error_text(exc))
         raise
 
 
+def _instantiation_error_text(exc: BaseException) -> str:
+    """The real cause of a failed instantiation, e.g. ``model: TypeError: MyModule.__init__() got an
+    unexpected keyword argument 'x'`` (Hydra's own text ends in a colon and hides it in ``__cause__``)."""
+    import re
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lightning_fl.errors import FederatedConfigError
+
+    chain: list[BaseException] = []
+    inner: BaseException | None = exc.__cause__
+    while inner is not None and len(chain) < 20:
+        chain.append(inner)
+        inner = inner.__cause__
+    for cause in chain:  # our own messages name the setting already
+        if isinstance(cause, (FederatedConfigError, FileNotFoundError, ImportError, ValueError)):
+            return str(cause)
+    real = [c for c in chain if not isinstance(c, OmegaConfBaseException) and "Hydra" not in type(c).__name__]
+    if not real:
+        return _config_error_text(exc)
+    match = re.search(r"full_key: (\S+)", str(exc))
+    key = f"{match.group(1)}: " if match else ""
+    return f"{key}{type(real[-1]).__name__}: {real[-1]}"
+
+
 def main() -> None:
+    import os
+
+    # Like `python -m`: the current directory is importable, so `model._target_=my_pkg.MyModule` works
+    # from the installed script too (popen children inherit it through PYTHONPATH).
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, os.environ.get("PYTHONPATH")) if p)
+    sys.argv[1:] = _own_module_and_data(sys.argv[1:])
     register_configs()
     _check_overrides(sys.argv[1:])
     _hydra_entry()
