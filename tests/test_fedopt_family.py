@@ -91,6 +91,9 @@ def reference(
     local_steps: int | None = None,
     stragglers: float = 0.0,
     settings: dict = SETTINGS,
+    gamma: float = 1.0,
+    clip_norm: float | None = None,
+    bf16: bool = False,
 ) -> dict[str, torch.Tensor]:
     net = seeded_module(**MODULE).net
     x_all, y_all = data().train_set.tensors
@@ -108,25 +111,29 @@ def reference(
         results = []
         for cid, n, k in zip(sampled, sizes, steps):
             net.load_state_dict(x)
-            opt = torch.optim.SGD(net.parameters(), lr=LR)
+            lr = LR * gamma**r  # a per-round ExponentialLR
+            opt = torch.optim.SGD(net.parameters(), lr=lr)
             torch.manual_seed(derive_seed(seed, "client-rng", r, cid))
             c_i = c_clients.get(cid, {kk: torch.zeros_like(v) for kk, v in x.items()})
             for b in client_batches(part.client(cid), BATCH, k, False, seed, r, cid):
                 opt.zero_grad()
-                loss = nn.functional.cross_entropy(net(x_all[b]), y_all[b])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = nn.functional.cross_entropy(net(x_all[b]), y_all[b])
                 if algorithm == "fedprox":  # F_k(w) + μ/2 ‖w − w_global‖², differentiated by autograd
                     loss = loss + mu / 2 * sum(((p - x[name]) ** 2).sum() for name, p in net.named_parameters())
                 loss.backward()
                 if algorithm == "scaffold":  # g − c_i + c
                     for name, p in net.named_parameters():
                         p.grad += c[name] - c_i[name]
+                if clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
                 opt.step()
             y = {kk: v.detach().clone() for kk, v in net.state_dict().items()}
             results.append((cid, n, k, y, c_i))
         if algorithm == "scaffold":  # option II: c_i⁺ = c_i − c + (x − y_i)/(K η_l)
             delta_c = {kk: torch.zeros_like(v) for kk, v in x.items()}
             for cid, _n, k, y, c_i in results:
-                new = {kk: c_i[kk] - c[kk] + (x[kk] - y[kk]) / (k * LR) for kk in x}
+                new = {kk: c_i[kk] - c[kk] + (x[kk] - y[kk]) / (k * LR * gamma**r) for kk in x}
                 for kk in x:
                     delta_c[kk] += new[kk] - c_i[kk]
                 c_clients[cid] = new
@@ -146,11 +153,11 @@ def reference(
     return x
 
 
-def run(client_algorithm=None, server_optimizer=None, rounds: int = ROUNDS, **overrides):
-    module = seeded_module(**MODULE)
+def run(client_algorithm=None, server_optimizer=None, rounds: int = ROUNDS, module=None, trainer=None, **overrides):
+    module = module or seeded_module(**MODULE)
     kwargs = dict(SETTINGS, client_algorithm=client_algorithm, server_optimizer=server_optimizer)
     kwargs.update(overrides)
-    fit_in_process(FedAvgStrategy(**kwargs), module, data(), rounds)
+    fit_in_process(FedAvgStrategy(**kwargs), module, data(), rounds, **(trainer or {}))
     return float_state(module.net)
 
 
@@ -251,6 +258,98 @@ def test_scaffold_with_momentum_sets_c_i_to_the_mean_gradient():
     algo.client_update(1, w.detach() - global_flat, 1.0, sums)
     assert torch.allclose(store.saved[1], g, atol=1e-6)
     assert torch.allclose(sums["scaffold/delta_c"], g, atol=1e-6)
+
+
+# ---------------------------------------------------------------- what an unmodified module uses
+ALGORITHMS = {"fedprox": lambda: FedProx(mu=0.5), "scaffold": lambda: Scaffold(), "fednova": lambda: FedNova()}
+REFERENCE_ARGS = {"fedprox": dict(mu=0.5), "scaffold": {}, "fednova": {}}
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_every_algorithm_follows_an_lr_schedule_and_bf16_mixed(name):
+    got = run(ALGORITHMS[name](), module=seeded_module(batchnorm=False, lr=LR, gamma=0.5), rounds=3,
+              trainer=dict(precision="bf16-mixed"))
+    ref = reference(name, rounds=3, gamma=0.5, bf16=True, **REFERENCE_ARGS[name])
+    assert max_abs_diff(got, ref) <= 1e-6
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_gradient_clipping_sees_the_corrected_gradient(name):
+    got = run(ALGORITHMS[name](), trainer=dict(gradient_clip_val=0.05))
+    assert max_abs_diff(got, reference(name, clip_norm=0.05, **REFERENCE_ARGS[name])) <= 1e-6
+
+
+class ElementwiseModule(type(seeded_module())):
+    """A linear softmax model written with elementwise ops only, which autocast leaves in float32: under
+    16-mixed with a power-of-two loss scale the training is then exactly the float32 one."""
+
+    def __init__(self):
+        super().__init__(batchnorm=False, lr=LR)
+        self.net = nn.ParameterDict({"w": nn.Parameter(torch.randn(3, 6) * 0.3)})
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = (x.unsqueeze(1) * self.net["w"]).sum(-1)
+        return -(logits.log_softmax(-1).gather(1, y[:, None])).mean()
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+
+def test_fedprox_under_16_mixed_scales_its_gradient_like_the_loss():
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    def fit(**trainer):
+        torch.manual_seed(3)
+        module = ElementwiseModule()
+        fit_in_process(FedAvgStrategy(**SETTINGS, client_algorithm=FedProx(mu=5.0)), module, data(), 2, **trainer)
+        return {"w": module.net["w"].detach().clone()}
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    fp16 = fit(plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert scaler.get_scale() == 2.0**10  # no step was skipped, so the runs did the same steps
+    assert max_abs_diff(fp16, fit()) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["scaffold", "fednova"])
+def test_step_counting_algorithms_refuse_16_mixed(name):
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    with pytest.raises(FederatedConfigError, match="supports precision .* got '16-mixed'"):
+        run(ALGORITHMS[name](), trainer=dict(plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]))
+
+
+class ManualModule(type(seeded_module())):
+    def __init__(self):
+        super().__init__(batchnorm=False, lr=LR)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        x, y = batch
+        self.manual_backward(nn.functional.cross_entropy(self.net(x), y))
+        opt.step()
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_manual_optimization_gets_the_same_corrections(name):
+    torch.manual_seed(1)
+    got = run(ALGORITHMS[name](), module=ManualModule())
+    assert max_abs_diff(got, reference(name, **REFERENCE_ARGS[name])) <= 1e-6
+
+
+class TwoOptimizers(type(seeded_module())):
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.net[0].parameters(), lr=LR), torch.optim.SGD(self.net[-1].parameters(), lr=LR)]
+
+
+def test_fednova_refuses_several_optimizers():
+    torch.manual_seed(1)
+    module = TwoOptimizers(batchnorm=False)
+    module.automatic_optimization = False
+    with pytest.raises(FederatedConfigError, match="FedNova counts one optimizer's local steps"):
+        run(FedNova(), module=module)
 
 
 # ---------------------------------------------------------------- acceptance 2: reductions
