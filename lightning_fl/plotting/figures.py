@@ -65,10 +65,6 @@ def _wanted(name: str, metrics: Optional[Sequence[str]]) -> bool:
     return metrics is None or name in metrics
 
 
-def _label(run: RunLogs, name: str, several: bool) -> str:
-    return f"{run.label}: {name}" if several else name
-
-
 def metrics_figure(runs: Sequence[RunLogs], metrics: Optional[Sequence[str]] = None) -> Optional[Any]:
     """Global metrics over rounds, one panel per quantity (``acc``, ``loss``, ...), one color per run.
 
@@ -102,26 +98,53 @@ def metrics_figure(runs: Sequence[RunLogs], metrics: Optional[Sequence[str]] = N
     colors = _colors(len(runs))
     for ax, (quantity, entries) in zip(axes, panels.items()):
         for i, kind, name in entries:
-            # One run: a color per split (a test star matches its validation curve); several: a color per run.
+            # One run: a color per split (a test star matches its validation curve), each artist labelled.
+            # Several: a color per run, and a legend of runs plus a key of line styles (see _several_legend),
+            # since labelling every artist "run: metric" buries the plot under its legend.
             run = runs[i]
             color = colors[i] if several else _SPLIT_COLOR.get("fed" if kind == "fed" else _split(name)[0], "C3")
             if kind == "curve":
                 xs, ys = run.series(name)
-                style = _STYLE.get(_split(name)[0] or "", "-.")
-                ax.plot(xs, ys, style, color=color, marker="." if len(xs) < 60 else None,
-                        label=_label(run, name, several))  # fmt: skip
+                ax.plot(xs, ys, _style(name), color=color, marker="." if len(xs) < 60 else None,
+                        label="_" if several else name)  # fmt: skip
             elif kind == "fed":
-                _fed_band(ax, run, name, color, _label(run, f"clients' {name}", several))
-            elif run.last_round is not None or run.tests:
+                _fed_band(ax, run, name, color, None if several else f"clients' {name}", min_max=not several)
+            else:
                 x = run.last_round if run.last_round is not None else 1
                 ax.plot([x], [run.tests[name]], "*", color=color, markersize=11, linestyle="none",
-                        label=_label(run, name, several))  # fmt: skip
+                        label="_" if several else name)  # fmt: skip
         ax.set_title(quantity)
         _rounds_axis(ax)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        if several:
+            _several_legend(ax, runs, entries, colors)
+        else:
+            ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def _style(name: str) -> str:
+    return _STYLE.get(_split(name)[0] or "", "-.")
+
+
+def _several_legend(ax: Any, runs: Sequence[RunLogs], entries: list[tuple[int, str, str]], colors: list[str]) -> None:
+    """Runs by color, then what each line style means, in gray."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    shown = sorted({i for i, _, _ in entries})
+    handles: list[Any] = [Line2D([], [], color=colors[i], linewidth=3, label=runs[i].label) for i in shown]
+    keys: dict[tuple[str, str], None] = dict.fromkeys((kind, name) for _, kind, name in entries)
+    for kind, name in keys:
+        if kind == "curve":
+            handles.append(Line2D([], [], color="gray", linestyle=_style(name), label=name))
+        elif kind == "fed":
+            handles.append(Line2D([], [], color="gray", linestyle=":", label=f"clients' {name} (mean)"))
+            handles.append(Patch(color="gray", alpha=0.3, linewidth=0, label=f"clients' {name} p10-p90"))
+        else:
+            handles.append(Line2D([], [], color="gray", marker="*", markersize=9, linestyle="none", label=name))
+    ax.legend(handles=handles, fontsize="small")
 
 
 def _rounds_axis(ax: Any) -> None:
@@ -131,19 +154,22 @@ def _rounds_axis(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _fed_band(ax: Any, run: RunLogs, metric: str, color: str, label: str) -> None:
-    """The clients' distribution of ``metric``: the mean (or median) with min-max and p10-p90 bands."""
+def _fed_band(ax: Any, run: RunLogs, metric: str, color: str, label: Optional[str], min_max: bool = True) -> None:
+    """The clients' distribution of ``metric``: the mean (or median) with p10-p90 and min-max bands
+    (min-max left out when several runs share the panel: overlapping wide bands hide everything)."""
     prefix = f"fl/eval/{metric}/"
     center = next((s for s in ("mean", "median", "p50") if run.series(prefix + s)[0]), None)
     if center is not None:
         xs, ys = run.series(prefix + center)
-        ax.plot(xs, ys, ":", color=color, marker="." if len(xs) < 60 else None, label=f"{label} ({center})")
-    for low, high, alpha in (("min", "max", 0.12), ("p10", "p90", 0.25)):
+        ax.plot(xs, ys, ":", color=color, marker="." if len(xs) < 60 else None,
+                label=f"{label} ({center})" if label else "_")  # fmt: skip
+    bands = (("min", "max", 0.12), ("p10", "p90", 0.25)) if min_max else (("p10", "p90", 0.2),)
+    for low, high, alpha in bands:
         lo, hi = dict(zip(*run.series(prefix + low))), dict(zip(*run.series(prefix + high)))
         xs = sorted(set(lo) & set(hi))
         if xs:
             ax.fill_between(xs, [lo[x] for x in xs], [hi[x] for x in xs], color=color, alpha=alpha, linewidth=0,
-                            label=f"{label} {low}-{high}")  # fmt: skip
+                            label=f"{label} {low}-{high}" if label else "_")  # fmt: skip
 
 
 def comm_figure(runs: Sequence[RunLogs]) -> Optional[Any]:
@@ -211,10 +237,17 @@ def client_figure(runs: Sequence[RunLogs], metrics: Optional[Sequence[str]] = No
         names.update(dict.fromkeys(r.metric for r in run.clients if _wanted(r.metric, metrics)))
     if not names:
         return None
-    fig, axes = _figure(*_grid(len(names)), width=max(5.5, 0.3 * MAX_BOX_ROUNDS * len(runs)), height=3.8)
+    rounds_of = {
+        metric: _spaced(sorted({r.round for run in runs for r in run.clients if r.metric == metric}), MAX_BOX_ROUNDS)
+        for metric in names
+    }
+    boxes_wide = max(len(rounds) for rounds in rounds_of.values()) * len(runs)
+    width = min(12.0, max(5.5, 1.5 + 0.45 * boxes_wide))
+    ncols = min(len(names), 2 if width <= 7 else 1)  # wide panels stack
+    fig, axes = _figure(math.ceil(len(names) / ncols), ncols, width=width, height=3.8)
     colors = _colors(len(runs))
     for ax, metric in zip(axes, names):
-        rounds = _spaced(sorted({r.round for run in runs for r in run.clients if r.metric == metric}), MAX_BOX_ROUNDS)
+        rounds = rounds_of[metric]
         width = 0.8 / len(runs)
         handles = []
         for i, run in enumerate(runs):
