@@ -199,7 +199,10 @@ class _Round:
         # Local mistakes travel in the count exchange, so that every rank raises together instead of one rank
         # raising while the others wait in the next collective.
         bad = local.dim() != 2 or len(ids) != k
-        head = torch.tensor([max(k, 0), local.shape[-1] if local.dim() else 0, int(bad)], dtype=torch.long)
+        # On the updates' device: NCCL only moves CUDA tensors.
+        head = torch.tensor(
+            [max(k, 0), local.shape[-1] if local.dim() else 0, int(bad)], dtype=torch.long, device=local.device
+        )
         if world > 1:
             heads = [torch.empty_like(head) for _ in range(world)]
             dist.all_gather(heads, head, group=group)
@@ -216,8 +219,8 @@ class _Round:
         self.total = sum(self.counts)
         if world > 1:
             kmax = max(max(self.counts), 1)
-            padded = torch.full((kmax,), -1, dtype=torch.long)
-            padded[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+            padded = torch.full((kmax,), -1, dtype=torch.long, device=local.device)
+            padded[: len(ids)] = torch.tensor(ids, dtype=torch.long, device=local.device)
             gathered = [torch.empty_like(padded) for _ in range(world)]
             dist.all_gather(gathered, padded, group=group)
             self.ids = [i for r, g in enumerate(gathered) for i in g[: self.counts[r]].tolist()]
