@@ -283,8 +283,9 @@ def test_distributed_rules_equal_the_single_process_rule(tmp_path, world):
     assert torch.equal(per_rank[0]["median"], ref["median"])
     assert torch.equal(per_rank[0]["trimmed"], ref["trimmed"])
     # Bytes rank 1 sends to the others, float32, shard S = ceil(23 / W): its k updates' columns of the W - 1
-    # other shards, then its aggregated shard to each of the W - 1 others: 4·(k + 1)·S·(W - 1).
-    # W=2: k=4, S=12 -> 4·5·12·1 = 240. W=3: k=6, S=8 -> 4·7·8·2 = 448.
-    assert int(per_rank[1]["median_bytes"]) == {2: 240, 3: 448}[world]
+    # other shards, then its aggregated shard to each of the W - 1 others: 4·(k + 1)·S·(W - 1); plus the
+    # int64 metadata: 3 counts and max k_r ids to each other rank, 8·(3 + max k_r)·(W - 1).
+    # W=2: k=4, S=12 -> 240 + 8·(3+5) = 304. W=3: k=6, S=8 -> 448 + 8·(3+6)·2 = 592.
+    assert int(per_rank[1]["median_bytes"]) == {2: 304, 3: 592}[world]
     # Krum adds the W - 1 copies of its 9×9 float64 partial Gram matrix (648 bytes each) and pass 2.
-    assert int(per_rank[1]["krum_bytes"]) >= {2: 240, 3: 448}[world] + 648 * (world - 1)
+    assert int(per_rank[1]["krum_bytes"]) >= {2: 304, 3: 592}[world] + 648 * (world - 1)

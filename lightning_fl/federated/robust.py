@@ -193,7 +193,9 @@ def _world(group: object | None) -> tuple[int, int]:
 class _Round:
     """Who holds which update: counts per rank and the canonical (client-id) order of all K updates."""
 
-    def __init__(self, local: torch.Tensor, client_ids: Sequence[int], group: object | None, world: int) -> None:
+    def __init__(
+        self, local: torch.Tensor, client_ids: Sequence[int], group: object | None, world: int, stats: CommStats
+    ) -> None:
         k = local.shape[0] if local.dim() == 2 else -1
         ids = [int(c) for c in client_ids]
         # Local mistakes travel in the count exchange, so that every rank raises together instead of one rank
@@ -206,6 +208,7 @@ class _Round:
         if world > 1:
             heads = [torch.empty_like(head) for _ in range(world)]
             dist.all_gather(heads, head, group=group)
+            stats.add(head.numel() * 8 * (world - 1))
         else:
             heads = [head]
         failed = [r for r, h in enumerate(heads) if h[2]]
@@ -223,6 +226,7 @@ class _Round:
             padded[: len(ids)] = torch.tensor(ids, dtype=torch.long, device=local.device)
             gathered = [torch.empty_like(padded) for _ in range(world)]
             dist.all_gather(gathered, padded, group=group)
+            stats.add(kmax * 8 * (world - 1))
             self.ids = [i for r, g in enumerate(gathered) for i in g[: self.counts[r]].tolist()]
         else:
             self.ids = ids
@@ -279,7 +283,7 @@ def _gather_shards(shard_values: torch.Tensor, numel: int, world: int, group: ob
 
 
 class CommStats:
-    """What the last ``aggregate`` call sent to other processes, and its largest temporary, per process."""
+    """What one ``aggregate`` call handed to collectives for the other processes: bytes and number of calls."""
 
     def __init__(self) -> None:
         self.bytes_sent = 0
@@ -307,7 +311,7 @@ def distributed_coordinatewise(
     """
     world, rank = _world(group)
     stats = stats if stats is not None else CommStats()
-    info = _Round(local_updates, client_ids, group, world)
+    info = _Round(local_updates, client_ids, group, world, stats)
     if info.total == 0:
         raise InsufficientUpdatesError(f"{_rule_name(rule)}: no update reached the aggregation")
     if rule == "median":
@@ -349,7 +353,7 @@ def distributed_krum(
     """
     world, rank = _world(group)
     stats = stats if stats is not None else CommStats()
-    info = _Round(local_updates, client_ids, group, world)
+    info = _Round(local_updates, client_ids, group, world, stats)
     _check_multi(info.total, num_malicious, multi)
     arrival = torch.as_tensor(info.order, dtype=torch.long)  # canonical position -> arrival row
     if world == 1:
