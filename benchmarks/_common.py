@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,7 +38,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic", action="store_true", help="random MNIST-shaped data; no file needed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--png", type=Path, default=None, metavar="PATH", help="plot (needs matplotlib)")
+    parser.add_argument("--png", type=Path, default=None, metavar="PATH", help="write the figure (needs matplotlib)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -158,6 +158,52 @@ def write_json(path: Optional[Path], payload: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
+PLOT_HINT = "pip install 'lightning-fl[plot]'"
+
+
+def save_figure(
+    path: Optional[Path],
+    draw: Callable[[list[Any]], None],
+    panels: int = 1,
+    size: tuple[float, float] = (6, 4),
+    ncols: Optional[int] = None,
+) -> Optional[Path]:
+    """``--png``: a figure with ``panels`` axes of ``size`` inches (``ncols`` a row, default all in one),
+    drawn by ``draw(axes)``, saved to ``path``.
+
+    Nothing when ``path`` is None; one line and no figure when matplotlib is missing (it is an optional
+    extra), so a long benchmark never fails at its very end for want of a plot. No pyplot: an Agg canvas
+    needs no display and keeps no global figure state.
+    """
+    if path is None:
+        return None
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        print(f"note: matplotlib is not installed, skipped the figure {path}: {PLOT_HINT}")
+        return None
+    ncols = min(ncols or panels, panels)
+    nrows = -(-panels // ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    axes = axes[:panels]
+    draw(axes)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)  # small: these PNGs are committed beside docs/benchmarks.md
+    print(f"wrote {path}")
+    return path
+
+
 def plot_lines(
     path: Optional[Path],
     series: dict[str, tuple[Sequence[float], Sequence[float]]],
@@ -166,32 +212,17 @@ def plot_lines(
     title: str,
     logx: bool = False,
 ) -> None:
-    """Plot ``{label: (xs, ys)}`` to ``path``; matplotlib is optional, so without it only a note is printed."""
-    if path is None:
-        return
-    try:
-        import matplotlib
+    """Plot ``{label: (xs, ys)}`` to ``path`` (see :func:`save_figure`)."""
 
-        matplotlib.use("Agg")  # no display on benchmark machines
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"note: matplotlib is not installed; skipped the plot {path}")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (xs, ys) in series.items():
-        ax.plot(list(xs), list(ys), marker="o", label=label)
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
+    def draw(axes: list[Any]) -> None:
+        ax = axes[0]
+        for label, (xs, ys) in series.items():
+            ax.plot(list(xs), list(ys), marker="o", label=label)
+        if logx:
+            ax.set_xscale("log")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+
+    save_figure(path, draw)
 
 
 # What every benchmark Trainer shares: no logger, checkpoints, progress bar or summary, no sanity check.

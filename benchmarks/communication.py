@@ -47,8 +47,8 @@ from _common import (  # noqa: E402
     load_mnist_train,
     median,
     no_worker_warning,
-    plot_lines,
     run_child,
+    save_figure,
     write_json,
 )
 
@@ -310,6 +310,21 @@ def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def draw(axes: list[Any], rows: list[dict[str, Any]]) -> None:
+    """Bytes per rank against model size: the strategy's formula (line) and the loopback measurement (dots)."""
+    params = [r["params"] for r in rows]
+    for ax, what, unit in zip(axes, ("fedavg", "ps"), ("round", "step")):
+        formula = [r[f"{what}_formula_bytes_per_rank_{unit}"] for r in rows]
+        measured = [r[f"{what}_measured_bytes_per_rank_{unit}"] for r in rows]
+        ax.plot(params, formula, "-", label="formula (what the strategy logs)")
+        if any(m is not None for m in measured):
+            ax.plot(params, [m if m is not None else float("nan") for m in measured], "o", label="measured (lo)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        name = "FedAvg all-reduce" if what == "fedavg" else "parameter server push + pull"
+        ax.set(xlabel="parameters P", ylabel=f"bytes per rank per {unit}", title=f"{name}, 2 processes, gloo")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     check_data(args.data, args.synthetic)
@@ -366,20 +381,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "notes": notes,
     }
     write_json(args.json, payload)
-    plot_lines(
-        args.png,
-        {
-            "fedavg formula": ([r["params"] for r in rows], [r["fedavg_formula_bytes_per_rank_round"] for r in rows]),
-            "fedavg measured": (
-                [r["params"] for r in rows],
-                [r["fedavg_measured_bytes_per_rank_round"] or float("nan") for r in rows],
-            ),
-        },
-        "parameters P",
-        "bytes per rank per round",
-        "FedAvg all-reduce traffic per rank (2 processes, gloo)",
-        logx=True,
-    )
+    save_figure(args.png, lambda axes: draw(axes, rows), panels=2)
 
     def whole(v: Optional[float]) -> Any:
         return "n/a" if v is None else int(round(v))

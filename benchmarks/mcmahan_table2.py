@@ -33,7 +33,7 @@ from _common import (  # noqa: E402
     check_data,
     format_table,
     no_worker_warning,
-    plot_lines,
+    save_figure,
     write_json,
 )
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -194,6 +194,24 @@ def run_one(row: str, lr: float, train: TensorDataset, val: TensorDataset, args:
     }
 
 
+def draw(axes: list[Any], rows: list[str], results: list[dict[str, Any]], target: float) -> None:
+    """Test accuracy against rounds, one panel per Table 2 row, one curve per learning rate."""
+    for ax, row in zip(axes, rows):
+        runs = [r for r in results if r["row"] == row]
+        for r in runs:
+            reached = f", {target:.0%} at {r['rounds_to_target']}" if r["rounds_to_target"] is not None else ""
+            ax.plot(r["eval_rounds"], r["acc_curve"], marker="." if len(r["eval_rounds"]) < 60 else None,
+                    label=f"lr {r['lr']:g}{reached}")  # fmt: skip
+        ax.axhline(target, color="gray", linestyle="--", linewidth=0.8)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # rounds
+        paper = runs[0]["paper_rounds"]
+        # Where the paper reached the target, if this run got that far (else it would squash the curves).
+        if paper is not None and paper <= max(r["rounds_run"] for r in runs):
+            ax.axvline(paper, color="C3", linestyle=":", label=f"paper: {target:.0%} at {paper}")
+        ax.set(xlabel="round", ylabel="test accuracy", title=f"{row}: E={runs[0]['local_epochs']}, "
+               f"B={runs[0]['batch_size']}, {runs[0]['partition']}; paper {paper or '-'} rounds")  # fmt: skip
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated {iid|shards}-e<E>-b<B|inf>")
@@ -267,13 +285,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_json(args.json, {"benchmark": "mcmahan_table2", "config": config, "results": results})
             if args.until_reached and results[-1]["rounds_to_target"] is not None:
                 break
-    plot_lines(
-        args.png,
-        {f"{r['row']} lr={r['lr']:g}": (r["eval_rounds"], r["acc_curve"]) for r in results},
-        "round",
-        "test accuracy",
-        "FedAvg MNIST CNN (McMahan et al. 2017, Table 2)",
-    )
+    rows = list(dict.fromkeys(r["row"] for r in results))
+    save_figure(args.png, lambda axes: draw(axes, rows, results, args.target), panels=len(rows), size=(5, 3.6),
+                ncols=2)  # fmt: skip
     pct = f"{args.target * 100:g}%"
     print()
     print(

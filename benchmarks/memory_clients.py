@@ -199,7 +199,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_json(args.json, payload)
     plot_lines(
         args.png,
-        {"peak RSS": ([r["clients"] for r in results], [r["peak_rss_mib"] for r in results])},
+        {
+            name: ([r["clients"] for r in results], [r[key] if r[key] is not None else float("nan") for r in results])
+            for name, key in (
+                ("peak RSS (process)", "peak_rss_mib"),
+                ("RSS before fit", "before_fit_rss_mib"),
+                ("peak RSS during fit", "fit_peak_rss_mib"),
+            )
+        },
         "simulated clients N",
         "peak RSS (MiB)",
         "Peak memory vs number of simulated clients",

@@ -37,7 +37,7 @@ from _common import (  # noqa: E402
     make_minimal_module,
     median,
     no_worker_warning,
-    plot_lines,
+    save_figure,
     write_json,
 )
 from lightning.pytorch.callbacks import Callback  # noqa: E402
@@ -45,9 +45,9 @@ from torch import Tensor, nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from lightning_fl import FedAvgStrategy  # noqa: E402
-from lightning_fl.models import ImageClassifier  # noqa: E402
 from lightning_fl.federated.partition import Partition, make_partition  # noqa: E402
 from lightning_fl.federated.sampling import epoch_permutation, sample_clients  # noqa: E402
+from lightning_fl.models import ImageClassifier  # noqa: E402
 from lightning_fl.seeding import derive_seed  # noqa: E402
 
 TARGET_RATIO = 1.10
@@ -236,23 +236,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def draw(axes: list[Any], result: dict[str, Any]) -> None:
+    """Seconds per round of both loops, and their per-round ratio against the target."""
+    rounds = list(range(1, result["rounds"] + 1))
+    seconds, ratio = axes
+    seconds.plot(rounds, result["lightning_s_per_round"], marker="o", label="lightning_fl")
+    seconds.plot(rounds, result["plain_s_per_round"], marker="o", label="plain PyTorch")
+    seconds.set(xlabel="round", ylabel="seconds", title="FedAvg seconds per round")
+    ratio.plot(rounds, result["ratio_per_round"], marker="o", label="lightning_fl / plain")
+    ratio.axhline(result["median_ratio"], color="C0", linestyle=":", label=f"median {result['median_ratio']:.3f}")
+    ratio.axhline(result["target_ratio"], color="C3", linestyle="--", label=f"target <= {result['target_ratio']:.2f}")
+    ratio.set(xlabel="round", ylabel="ratio", title="overhead per round")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)  # rounds
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     check_data(args.data, args.synthetic)
     apply_threads(args.threads)
     result = run(args)
     write_json(args.json, result)
-    rounds = list(range(1, result["rounds"] + 1))
-    plot_lines(
-        args.png,
-        {
-            "lightning_fl": (rounds, result["lightning_s_per_round"]),
-            "plain PyTorch": (rounds, result["plain_s_per_round"]),
-        },
-        "round",
-        "seconds",
-        "FedAvg seconds per round",
-    )
+    save_figure(args.png, lambda axes: draw(axes, result), panels=2)
     agree = result["max_abs_weight_diff"] <= WEIGHT_TOLERANCE
     print(
         f"\nweights agree: max |lightning_fl - plain| = {result['max_abs_weight_diff']:.3e} "

@@ -46,6 +46,7 @@ from _common import (  # noqa: E402
     median,
     no_worker_warning,
     run_child,
+    save_figure,
     write_json,
 )
 from straggler_model import CONDITIONS, extra_sleep, finish_time, speedup  # noqa: E402
@@ -175,6 +176,33 @@ def simulated_ratio(condition: str, staleness: int, steps: int, compute: float, 
     return finish_time(times, 0) / finish_time(times, staleness)
 
 
+STRATEGY_LABELS = {"ddp": "DDP", "ps_sync": "sync PS", "ps_ssp1": "SSP s=1", "ps_ssp3": "SSP s=3"}
+
+
+def draw(axes: list[Any], summary: dict[str, Any]) -> None:
+    """Throughput per straggler condition and strategy; SSP over sync PS, measured against simulated."""
+    throughput, speedups = axes
+    xs = list(range(len(CONDITIONS)))
+    width = 0.8 / len(STRATEGIES)
+    for k, s in enumerate(STRATEGIES):
+        offset = (k - (len(STRATEGIES) - 1) / 2) * width
+        throughput.bar([x + offset for x in xs], [summary[c]["samples_per_s"][s] for c in CONDITIONS], width=width,
+                       label=STRATEGY_LABELS.get(s, s))  # fmt: skip
+    throughput.set_xticks(xs)
+    throughput.set_xticklabels(CONDITIONS)
+    throughput.set(ylabel="samples/s (median)", title="throughput, 2 workers")
+    for k, (s, color) in enumerate(((1, "C2"), (3, "C3"))):
+        offset = (k - 0.5) * 0.4
+        speedups.bar([x + offset for x in xs], [summary[c][f"ssp{s}_over_sync"] for c in CONDITIONS], width=0.4,
+                     color=color, alpha=0.7, label=f"SSP s={s} measured")  # fmt: skip
+        speedups.plot([x + offset for x in xs], [summary[c][f"ssp{s}_over_sync_simulated"] for c in CONDITIONS],
+                      "kD", markersize=5, label="simulated, same draws" if k == 0 else None)  # fmt: skip
+    speedups.axhline(1.0, color="gray", linewidth=0.8)
+    speedups.set_xticks(xs)
+    speedups.set_xticklabels(CONDITIONS)
+    speedups.set(ylabel="SSP / sync PS throughput", title="bounded staleness against sync PS")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     check_data(args.data, args.synthetic)
@@ -234,6 +262,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "targets": {name: {"measured": m, "target": t, "passed": m >= t} for name, (m, t) in checks.items()},
     }
     write_json(args.json, payload)
+    save_figure(args.png, lambda axes: draw(axes, summary), panels=2)
 
     print(f"compute time c = {compute * 1000:.1f} ms per step (measured, then fixed); {args.steps} steps per fit")
     print(f"samples/s, median of {args.repeats}; SSP / sync columns: measured / simulated with the same draws\n")

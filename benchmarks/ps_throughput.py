@@ -40,6 +40,7 @@ from _common import (  # noqa: E402
     median,
     no_worker_warning,
     run_child,
+    save_figure,
     write_json,
 )
 
@@ -198,6 +199,26 @@ def launch(args: argparse.Namespace, devices: int) -> dict[str, Any]:
     return run_child(cmd, f"the {devices}-process run")
 
 
+def draw(axes: list[Any], payload: dict[str, Any]) -> None:
+    """Optimizer state per rank (largest rank), DDP against PS; throughput of each run and the medians."""
+    memory, throughput = axes
+    entries = payload["optimizer_state"]
+    xs = list(range(len(entries)))
+    for offset, (key, label) in ((-0.2, ("ddp_bytes_per_rank", "DDP")), (0.2, ("ps_bytes_per_rank", "PS"))):
+        memory.bar([x + offset for x in xs], [max(m[key]) / 1e6 for m in entries], width=0.4, label=label)
+    memory.set_xticks(xs)
+    memory.set_xticklabels([f"{m['optimizer']}\nS={m['processes']}" for m in entries], fontsize="small")
+    memory.set(ylabel="MB per rank", title="optimizer state (largest rank)")
+    medians = [payload["ddp_samples_per_s"], payload["ps_samples_per_s"]]
+    bars = throughput.bar(["DDP", "sync PS"], medians, color=["C0", "C1"], alpha=0.6, label="median")
+    throughput.bar_label(bars, fmt="%.0f", label_type="center")
+    runs = payload["throughput_runs"]
+    throughput.plot([0 if r["strategy"] == "ddp" else 1 for r in runs], [r["samples_per_s"] for r in runs], "ko",
+                    markersize=4, label="each run")  # fmt: skip
+    throughput.set(ylabel="samples/s", title=f"2 processes: PS / DDP = {payload['ps_over_ddp']:.2f} "
+                   f"(target >= {payload['target_ratio']:.2f})")  # fmt: skip
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     check_data(args.data, args.synthetic)
@@ -254,6 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "passed": passed,
     }
     write_json(args.json, payload)
+    save_figure(args.png, lambda axes: draw(axes, payload), panels=2)
 
     order = ", ".join(f"{'DDP' if r['strategy'] == 'ddp' else 'PS'} {r['samples_per_s']:.0f}" for r in rows)
     print(f"throughput runs in order (samples/s): {order}")

@@ -51,8 +51,8 @@ from _common import (  # noqa: E402
     make_minimal_module,
     median,
     no_worker_warning,
-    plot_lines,
     run_child,
+    save_figure,
     write_json,
 )
 
@@ -171,6 +171,22 @@ def measure(args: argparse.Namespace, num_clients: int, devices: int) -> dict[st
     return run_child(cmd, f"N={num_clients}, devices={devices}")
 
 
+def draw(axes: list[Any], payload: dict[str, Any]) -> None:
+    """Seconds per round against N (one process), and one process against two at the same N."""
+    clients, processes = axes
+    sweep = payload["clients_sweep"]
+    clients.plot([r["clients"] for r in sweep], [r["median_s_per_round"] for r in sweep], marker="o")
+    clients.set_xscale("log")
+    clients.set(xlabel="simulated clients N", ylabel="seconds per round (median)",
+                title="1 process: same samples and steps per round")  # fmt: skip
+    runs = payload["processes_sweep"]
+    labels = [f"{r['devices']} process{'es' if r['devices'] > 1 else ''}" for r in runs]
+    bars = processes.bar(labels, [r["median_s_per_round"] for r in runs], color=["C0", "C1"])
+    processes.bar_label(bars, fmt="%.3g")
+    processes.set(ylabel="seconds per round (median)",
+                  title=f"N={runs[0]['clients']}: speedup {payload['speedup_2_vs_1_process']:.2f}x")  # fmt: skip
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     check_data(args.data, args.synthetic)
@@ -228,15 +244,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "note": note,
     }
     write_json(args.json, payload)
-    sweep = payload["clients_sweep"]
-    plot_lines(
-        args.png,
-        {"1 process": ([r["clients"] for r in sweep], [r["median_s_per_round"] for r in sweep])},
-        "simulated clients N",
-        "seconds per round (median)",
-        "FedAvg seconds per round vs N (same samples and steps per round)",
-        logx=True,
-    )
+    save_figure(args.png, lambda axes: draw(axes, payload), panels=2)
     print(f"\nnote: {note}")
     print(f"speedup 2 vs 1 process at N={args.process_clients}: {speedup:.2f}x\n")
     print(

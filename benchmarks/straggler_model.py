@@ -16,9 +16,12 @@ Run as a script it prints the expected speed-up of SSP over synchronous training
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
 
 CONDITIONS = ("none", "transient", "persistent")
 STRAGGLE_PROBABILITY = 0.25
@@ -60,12 +63,34 @@ def speedup(condition: str, staleness: int, workers: int = 2, steps: int = 20_00
     return finish_time(times, 0) / finish_time(times, staleness)
 
 
-def main() -> int:
-    print("simulated throughput of SSP / synchronous, 2 workers, 20,000 steps")
+TABLE_STALENESS = (1, 3, 10, 100)
+PLOT_STALENESS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Simulated SSP / synchronous throughput under the straggler model.")
+    parser.add_argument("--png", type=Path, default=None, metavar="PATH", help="write the figure (needs matplotlib)")
+    parser.add_argument("--steps", type=int, default=20_000, help="simulated steps per worker")
+    args = parser.parse_args(argv)
+    staleness = sorted(set(TABLE_STALENESS) | (set(PLOT_STALENESS) if args.png else set()))
+    results = {c: {s: speedup(c, s, steps=args.steps) for s in staleness} for c in CONDITIONS}
+    print(f"simulated throughput of SSP / synchronous, 2 workers, {args.steps:,} steps")
     print("condition    s=1     s=3     s=10    s=100")
     for condition in CONDITIONS:
-        row = "  ".join(f"{speedup(condition, s):.3f} " for s in (1, 3, 10, 100))
+        row = "  ".join(f"{results[condition][s]:.3f} " for s in TABLE_STALENESS)
         print(f"{condition:<11}  {row}")
+    if args.png:
+        from _common import save_figure  # here only: it pulls in torch, which the simulation does not need
+
+        def draw(axes: list[Any]) -> None:
+            for condition in CONDITIONS:
+                axes[0].plot(PLOT_STALENESS, [results[condition][s] for s in PLOT_STALENESS], marker="o",
+                             label=condition)  # fmt: skip
+            axes[0].set_xscale("symlog", linthresh=1)
+            axes[0].set(xlabel="staleness bound s (0: synchronous)", ylabel="SSP / sync throughput",
+                        title=f"straggler model, 2 workers, {args.steps:,} steps (simulated)")  # fmt: skip
+
+        save_figure(args.png, draw)
     return 0
 
 

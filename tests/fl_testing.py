@@ -259,3 +259,22 @@ def fit_in_process(
     trainer = L.Trainer(strategy=strategy, **kwargs)
     trainer.fit(module, data, ckpt_path=ckpt_path)
     return trainer
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png(path: Any, stdout: str) -> None:
+    """A benchmark's ``--png PATH``: a decodable PNG with matplotlib installed; without it, no file and the
+    one-line install hint on stdout."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        import matplotlib.image
+    except ImportError:
+        assert not path.exists() and "pip install 'lightning-fl[plot]'" in stdout, stdout[-2000:]
+        return
+    assert path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE, (path, stdout[-2000:])
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert 200 <= width <= 2000 and 200 <= height <= 2000, (width, height)  # small, as committed beside the docs

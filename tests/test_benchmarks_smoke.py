@@ -15,14 +15,18 @@ from typing import Any
 
 import pytest
 
+from fl_testing import check_png
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, out: Path) -> dict[str, Any]:
+    png = out.with_suffix(".png")
     cmd = [sys.executable, f"benchmarks/{script}", "--quick", "--synthetic", "--threads", "1", "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*cmd, "--png", str(png)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "PASS" in proc.stdout or "MISS" in proc.stdout, proc.stdout  # the final table was printed
+    check_png(png, proc.stdout)
     return json.loads(out.read_text())
 
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fl_testing import check_png
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "flower" / "compare.py"
 
@@ -40,9 +42,12 @@ def test_compare_quick_synthetic(tmp_path: Path) -> None:
         str(tmp_path / "logs"),
         "--json",
         str(out),
+        "--png",
+        str(tmp_path / "compare.png"),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    check_png(tmp_path / "compare.png", res.stdout)
     # The table comes last.
     assert "framework" in res.stdout and res.stdout.rstrip().splitlines()[-1].split()[0] in frameworks
 

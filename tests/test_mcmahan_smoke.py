@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fl_testing import check_png
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "benchmarks/mcmahan_table2.py"
 
@@ -28,9 +30,12 @@ def test_mcmahan_table2_quick(tmp_path: Path) -> None:
         "iid-e1-b10,shards-e1-b10",
         "--json",
         str(out),
+        "--png",
+        str(tmp_path / "mcmahan.png"),
     ]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{SCRIPT} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    check_png(tmp_path / "mcmahan.png", proc.stdout)  # one panel per row
     assert "rounds to 99%" in proc.stdout  # the final table was printed
     result = json.loads(out.read_text())
     assert result["benchmark"] == "mcmahan_table2"

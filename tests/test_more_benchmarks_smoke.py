@@ -15,17 +15,20 @@ from typing import Any
 
 import pytest
 
-from fl_testing import launch_env
+from fl_testing import check_png, launch_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MCMAHAN_CNN_PARAMS = 1_663_370
 
 
 def _run(script: str, out: Path) -> tuple[dict[str, Any], str]:
+    png = out.with_suffix(".png")
     cmd = [sys.executable, f"benchmarks/{script}", "--quick", "--synthetic", "--threads", "1", "--json", str(out)]
     env = launch_env()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*cmd, "--png", str(png)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    check_png(png, proc.stdout)
     return json.loads(out.read_text()), proc.stdout
 
 

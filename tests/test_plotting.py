@@ -93,6 +93,42 @@ def test_csvlogger_rows_give_one_epoch_level_value_per_round(tmp_path: Path) -> 
     assert tests == {"test_acc": 0.77}  # not a round of its own
 
 
+def test_reads_what_lightnings_csvlogger_writes(tmp_path: Path) -> None:
+    """A real CSVLogger file (step rows, x_step/x_epoch pairs, separate validation rows): per epoch, the
+    values read back are the epoch-level values Lightning reported."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from fl_testing import TinyModule, make_dataset
+
+    class BothLevels(TinyModule):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("loss_both", loss, on_step=True, on_epoch=True)
+            return loss
+
+    class Record(L.Callback):
+        def __init__(self) -> None:
+            self.seen: list[dict[str, float]] = []
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            names = ("train_loss", "val_acc", "loss_both_epoch")
+            self.seen.append({n: float(trainer.callback_metrics[n]) for n in names})
+
+    record = Record()
+    trainer = L.Trainer(max_epochs=2, logger=CSVLogger(tmp_path, name="", version="logs"), log_every_n_steps=1,
+                        callbacks=[record], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1)  # fmt: skip
+    trainer.fit(BothLevels(), DataLoader(make_dataset(), batch_size=16), DataLoader(make_dataset(split=1), 60))
+    rounds, tests = read_metrics_csv(tmp_path / "logs" / "metrics.csv")
+    assert sorted(rounds) == [1, 2] and tests == {}
+    for r, expected in zip((1, 2), record.seen):
+        assert rounds[r]["train_loss"] == pytest.approx(expected["train_loss"])
+        assert rounds[r]["val_acc"] == pytest.approx(expected["val_acc"])
+        assert rounds[r]["loss_both"] == pytest.approx(expected["loss_both_epoch"])
+
+
 def test_metrics_figure_panels_curves_bands_and_test_marker(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     write_run(tmp_path / "run", ["seed=0"])

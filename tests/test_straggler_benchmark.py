@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_testing import launch_env
+from fl_testing import check_png, launch_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -53,10 +53,12 @@ def test_ps_stragglers_quick(tmp_path: Path) -> None:
     out = tmp_path / "stragglers.json"
     env = launch_env()
     proc = subprocess.run(
-        [sys.executable, "benchmarks/ps_stragglers.py", "--quick", "--synthetic", "--json", str(out)],
+        [sys.executable, "benchmarks/ps_stragglers.py", "--quick", "--synthetic", "--json", str(out),
+         "--png", str(tmp_path / "stragglers.png")],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    check_png(tmp_path / "stragglers.png", proc.stdout)
     result = json.loads(out.read_text())
     assert result["benchmark"] == "ps_stragglers" and result["compute_s"] > 0
     runs = result["runs"]
@@ -68,3 +70,12 @@ def test_ps_stragglers_quick(tmp_path: Path) -> None:
     ddp = {r["condition"]: r["samples_per_s"] for r in runs if r["strategy"] == "ddp"}
     assert ddp["transient"] < 0.9 * ddp["none"] and ddp["persistent"] < 0.9 * ddp["none"]
     assert "(ii) SSP s=3 / sync PS, transient" in proc.stdout and "(iii) persistent straggler" in proc.stdout
+
+
+def test_straggler_model_png(tmp_path: Path) -> None:
+    png = tmp_path / "model.png"
+    proc = subprocess.run([sys.executable, "benchmarks/straggler_model.py", "--steps", "200", "--png", str(png)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[3].split()[0] == "transient"  # the table is printed with or without a plot
+    check_png(png, proc.stdout)

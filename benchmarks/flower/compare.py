@@ -300,6 +300,41 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return verdicts
 
 
+FRAMEWORK_LABELS = {"lightning_fl": "lightning_fl", "plain": "plain PyTorch", "flower": "Flower, plain client",
+                    "flower_lightning": "Flower, Lightning client"}  # fmt: skip
+
+
+def write_figure(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Seconds per round (the training part hatched inside), startup and peak memory, per workload and framework."""
+    sys.path.insert(0, str(HERE.parent))  # benchmarks/_common; imported here only: it pulls in torch
+    from _common import save_figure
+
+    done = [r for r in rows if "error" not in r]
+    workloads = list(dict.fromkeys(r["workload"] for r in done))
+    frameworks = [f for f in FRAMEWORKS if any(r["framework"] == f for r in done)]
+
+    def draw(axes: list[Any]) -> None:
+        width = 0.8 / max(1, len(frameworks))
+        for ax, key, title in zip(axes, ("s_per_round", "startup_s", "peak_rss_mib"),
+                                  ("seconds per round (hatched: training part)", "startup (s)", "peak RSS (MiB)")):  # fmt: skip
+            for k, f in enumerate(frameworks):
+                xs, ys, train = [], [], []
+                for w, workload in enumerate(workloads):
+                    row = next((r for r in done if r["framework"] == f and r["workload"] == workload), None)
+                    if row is not None:
+                        xs.append(w + (k - (len(frameworks) - 1) / 2) * width)
+                        ys.append(row[key])
+                        train.append(row["train_s_per_round"])
+                ax.bar(xs, ys, width=width, color=f"C{k}", label=FRAMEWORK_LABELS[f] if ax is axes[0] else None)
+                if key == "s_per_round":
+                    ax.bar(xs, train, width=width, fill=False, hatch="//", edgecolor="white", linewidth=0)
+            ax.set_xticks(range(len(workloads)))
+            ax.set_xticklabels(workloads)
+            ax.set_title(title)
+
+    save_figure(path, draw, panels=3, size=(4.5, 3.6))
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"comma list of {', '.join(FRAMEWORKS)}")
@@ -326,6 +361,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 measured round: a smoke test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write all results as JSON")
+    p.add_argument("--png", type=Path, default=None, metavar="PATH", help="write the figure (needs matplotlib)")
     p.add_argument("--setup", action="store_true", help="run setup_env.sh first (builds .venv with flwr)")
     p.add_argument(
         "--python", default=None, help="interpreter for the workers (default: .venv's if built, else this one)"
@@ -422,6 +458,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     verdicts = payload()["targets"]
     if args.json:
         print(f"wrote {args.json}")
+    if args.png:
+        write_figure(args.png, rows)
     print()
     for v in verdicts:
         print(f"target {'PASS' if v['passed'] else 'MISS'}: {v['target']} ({v['value']})")
