@@ -145,6 +145,7 @@ class SecAggRound:
         self._process_pk: list[bytes] = []
         self._held: dict[tuple[int, int], bytes] = {}  # (secret owner, local holder) -> encrypted share
         self._outgoing: torch.Tensor | None = None
+        self._edge_lists: dict[tuple[int, int], list[tuple[int, int]]] | None = None
         self._state = "new"
 
     # ------------------------------------------------------------------ helpers
@@ -181,7 +182,12 @@ class SecAggRound:
 
     def _edges(self, src: int, dst: int) -> list[tuple[int, int]]:
         """(secret owner on rank src, holder on rank dst), in the order both ranks use."""
-        return [(i, j) for i in self.clients_of_rank[src] for j in self.graph[i] if self.owner[j] == dst]
+        if self._edge_lists is None:  # one pass over the graph: O(K·k), not O(W·K·k)
+            self._edge_lists = {}
+            for i in self.clients:
+                for j in self.graph[i]:
+                    self._edge_lists.setdefault((self.owner[i], self.owner[j]), []).append((i, j))
+        return self._edge_lists.get((src, dst), [])
 
     def _all_gather(self, payload: bytes, size: int) -> list[bytes]:
         size = max(size, 1)
