@@ -17,6 +17,7 @@ from lightning_fl.federated.secure import (
     FixedPoint,
     SecAggRound,
     SecureAggregation,
+    SecureAggregationError,
     cost_table,
     dequantize,
     keys,
@@ -341,3 +342,18 @@ def test_cost_table_counts_k_neighbours_against_full_pairwise():
         assert row["masks"] == n * k_expected and row["masks_full_pairwise"] == n * (n - 1)
         assert row["mask_bytes"] == n * k_expected * 4 * 1002
     assert rows[2]["masks_full_pairwise"] / rows[2]["masks"] == pytest.approx(999 / 20)
+
+
+def test_a_tampered_share_is_detected_not_turned_into_a_wrong_sum():
+    cfg = SecureAggregation(clip_range=1.0, neighbors=4, threshold=2, deterministic_keys=True, mask_same_process_pairs=True)
+    clients = list(range(8))
+    r = _round(cfg, clients, 20)
+    holder = min(j for j in r.graph[5])  # the first holder is one whose share recovery uses
+    ct = bytearray(r._held[(5, holder)])
+    ct[0] ^= 1
+    r._held[(5, holder)] = bytes(ct)
+    for c in clients:
+        if c != 5:
+            r.add(c, torch.zeros(20))
+    with pytest.raises(SecureAggregationError, match="rebuild the wrong key"):
+        r.finish()

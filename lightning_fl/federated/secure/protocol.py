@@ -375,7 +375,10 @@ class SecAggRound:
         payload = b""
         for u, j in per_rank[self.rank]:  # this rank's surviving holders open their shares of u's key
             key = self._share_key(self._enc_sk[j], self._enc_pk[u], u, j)
-            payload += keys.decrypt(key, self._held[(u, j)], self._aad(u, j))
+            try:
+                payload += keys.decrypt(key, self._held[(u, j)], self._aad(u, j))
+            except Exception:  # a tampered share: send zeros, so every rank fails the key check together
+                payload += bytes(shamir.SHARE_BYTES)
         if self.world_size == 1:
             blocks = [payload]
         else:

@@ -58,22 +58,21 @@ class FixedPoint:
     def quantize(self, values: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
         """``(q, out_of_range)``: int64 codes in ``[0, L]`` and how many values were outside [-R, R] or not
         finite (those are clamped to the range, NaN to 0, and must be reported by the caller)."""
-        x = values.detach().reshape(-1).to(device="cpu", dtype=torch.float64)
-        finite = torch.isfinite(x)
-        bad = ~finite | (x.abs() > self.clip_range)
-        out_of_range = int(bad.sum())
-        if out_of_range:
-            x = torch.nan_to_num(x, nan=0.0).clamp(-self.clip_range, self.clip_range)
-        y = x * self.scale
+        x = values.detach().reshape(-1).to(device="cpu", dtype=torch.float64, copy=True)  # ours to modify
+        low, high = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
+        out_of_range = 0
+        if not (-self.clip_range <= low.item() and high.item() <= self.clip_range):  # also catches NaN/inf
+            out_of_range = int((~(x.abs() <= self.clip_range)).sum())
+            x = torch.nan_to_num(x, nan=0.0).clamp_(-self.clip_range, self.clip_range)
+        y = x.mul_(self.scale)
         if self.rounding == "nearest":
-            q = torch.round(y)
+            y.round_()
         else:
             check(generator is not None, "FixedPoint: stochastic rounding needs a torch.Generator")
             # floor(y + u), u ~ U[0, 1): rounds up with probability frac(y), so E[q] = y
-            q = torch.floor(y.add_(torch.rand(y.shape, generator=generator, dtype=torch.float64)))
+            y.add_(torch.rand(y.shape, generator=generator, dtype=torch.float64)).floor_()
         # y·s may exceed L/2 by one ulp at x = ±R; the clamp keeps the code in [0, L].
-        q = q.clamp(-self.offset, self.offset).to(torch.int64) + self.offset
-        return q, out_of_range
+        return y.clamp_(-self.offset, self.offset).to(torch.int64).add_(self.offset), out_of_range
 
     def dequantize(self, total: torch.Tensor, num_summed: int) -> torch.Tensor:
         """The float64 sum of ``num_summed`` vectors from the integer sum of their codes."""
