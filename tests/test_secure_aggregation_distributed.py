@@ -14,6 +14,7 @@ import socket
 import time
 from datetime import timedelta
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -52,12 +53,32 @@ def scenarios() -> list[tuple[str, dict, tuple[int, ...]]]:
     ]
 
 
-def run_scenarios(rank: int, world_size: int, group=None) -> dict[str, dict]:
+def ring_arc() -> tuple[dict[int, int], tuple[int, int]]:
+    """With 2 neighbours the graph is a ring: rank 0 trains 4 consecutive clients, rank 1 the rest, and
+    the two clients just outside the arc (rank 0's only neighbours on another process) fail."""
+    graph = neighbour_graph(CLIENTS, 2, 0, ROUND)
+    ring = [CLIENTS[0]]
+    while len(ring) < len(CLIENTS):
+        ring.append(next(j for j in graph[ring[-1]] if j not in ring))
+    arc = set(ring[1:5])
+    return {c: 0 if c in arc else 1 for c in CLIENTS}, (ring[0], ring[5])
+
+
+def exposure_scenarios() -> list[tuple[str, dict, tuple[int, ...]]]:
+    _, failed = ring_arc()
+    return [
+        ("arc_client_masks_only", dict(neighbors=2, deterministic_keys=True, process_masks=False), failed),
+        ("arc_process_masks", dict(neighbors=2, deterministic_keys=True), failed),
+    ]
+
+
+def run_scenarios(rank: int, world_size: int, group=None, exposure: bool = False) -> dict[str, dict]:
     ups = updates_for(CLIENTS, NUMEL)
     out = {}
-    for name, settings, failed in scenarios():
+    for name, settings, failed in exposure_scenarios() if exposure else scenarios():
         cfg = SecureAggregation(clip_range=1.0, **settings)
-        r = SecAggRound(cfg, ROUND, CLIENTS, owners(world_size), NUMEL, rank=rank, world_size=world_size, group=group)
+        owner = ring_arc()[0] if exposure else owners(world_size)
+        r = SecAggRound(cfg, ROUND, CLIENTS, owner, NUMEL, rank=rank, world_size=world_size, group=group)
         r.setup()
         for c in r.local_clients:
             if c not in failed:
@@ -84,6 +105,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results = {3: run_scenarios(rank, 3)}
         if rank < 2:
             results[2] = run_scenarios(rank, 2, group=pair)
+            results["exposure"] = run_scenarios(rank, 2, group=pair, exposure=True)
         torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
@@ -154,3 +176,32 @@ def test_processes_send_only_masked_buffers_and_all_get_the_exact_sum(world_size
             assert rec["bytes"]["shares"] == crossing * SHARE_CIPHERTEXT_BYTES
     # skipping the masks that cancel inside a process changes nothing in the result
     assert torch.equal(ranks[0]["two_failed"]["sum"], ranks[0]["two_failed_every_pair"]["sum"])
+
+
+@pytest.mark.distributed
+def test_process_masks_keep_a_process_hidden_when_its_other_process_neighbours_fail(spawned):
+    """Recovery publishes the failed clients' masks. If those were the only masks between rank 0's
+    clients and other processes, rank 0's contribution minus the published masks is its plaintext sum;
+    process masks (on by default with several clients per process) keep it uniform."""
+    owner, failed = ring_arc()
+    ups = updates_for(CLIENTS, NUMEL)
+    mine = [c for c in CLIENTS if owner[c] == 0]
+    truth = sum(ups[c].double() for c in mine)
+    ref = SecAggRound(SecureAggregation(neighbors=2, deterministic_keys=True), ROUND, CLIENTS, [0] * 12, NUMEL)
+    ref.setup()  # deterministic keys: the same keys as the spawned ranks, so the same published masks
+    published = np.zeros(NUMEL + 2, dtype=np.uint32)
+    for u in failed:
+        for v in ref.graph[u]:
+            if v in mine:  # what v added for its pair with u, now computable by every process
+                ref._add_mask_(published, ref._mask_sk[v], ref._mask_pk[u], v, u, 1 if v < u else -1)
+    plain = sum(ups[c].double() for c in CLIENTS if c not in failed)
+    for name, exposed in (("arc_client_masks_only", True), ("arc_process_masks", False)):
+        rec = spawned[0]["exposure"][name]
+        assert rec["process_masks"] is not exposed
+        assert (rec["sum"] - plain).abs().max() <= rec["bound"]  # the sum is right either way
+        net = rec["sent"][: NUMEL + 2].numpy().astype(np.uint32) - published
+        corr = torch.corrcoef(torch.stack([torch.from_numpy(net[:NUMEL].astype(np.float64)), truth]))[0, 1].item()
+        if exposed:
+            assert uniform_bytes_pvalue(torch.from_numpy(net.astype(np.int64))) < 1e-10 and corr > 0.99
+        else:
+            assert uniform_bytes_pvalue(torch.from_numpy(net.astype(np.int64))) > 1e-4 and abs(corr) < 5 / math.sqrt(NUMEL)
