@@ -127,7 +127,10 @@ def test_configs_mirror_the_python_api_one_to_one():
     # Objects the Trainer builds itself (devices, cluster environment, precision) are not settings.
     wired_by_trainer = ("accelerator", "parallel_devices", "cluster_environment", "checkpoint_io", "precision_plugin")
     assert _fields(FedAvgConfig) == _init_params(FedAvgStrategy, skip=wired_by_trainer)
-    assert _fields(ParameterServerConfig) == _init_params(ParameterServerStrategy, skip=wired_by_trainer)
+    # ParameterServerStrategy takes client_algorithm only to refuse it with a reason (tests/test_fedopt_family.py).
+    assert _fields(ParameterServerConfig) == _init_params(
+        ParameterServerStrategy, skip=wired_by_trainer + ("client_algorithm",)
+    )
     assert _fields(DigitsDataConfig) == _init_params(DigitsDataModule)
     assert _fields(MNISTDataConfig) == _init_params(MNISTDataModule)
     assert _fields(ImageClassifierConfig) == _init_params(ImageClassifier)
@@ -169,8 +172,16 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next(dist.glob("lightning_fl-*.whl"))
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    # The new environment sees the dependencies of *this* interpreter (torch, lightning, ...), wherever they
+    # are: system_site_packages=True would expose the base interpreter's, not an enclosing venv's. Paths
+    # in a .pth file are added without running their .pth files, so this checkout's editable install stays
+    # out and the wheel is what gets imported.
+    venv.create(env_dir, system_site_packages=False, with_pip=True)
     py = env_dir / "bin" / "python"
+    site_dir = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    outer = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
+    Path(site_dir, "_outer_site_packages.pth").write_text("\n".join(outer) + "\n")
     install = subprocess.run(
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
         capture_output=True, text=True, timeout=600,
@@ -187,3 +198,14 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
                    cwd=workdir, command=[str(env_dir / "bin" / "lightning-fl")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "round 1/1" in proc.stdout
+    # The wheel's Hydra plugin finds the wheel's strategy configs (another layout than the checkout's).
+    app = tmp_path / "app"
+    (app / "trainer").mkdir(parents=True)
+    (app / "trainer" / "default.yaml").write_text("_target_: lightning.pytorch.trainer.Trainer\n")
+    (app / "train.yaml").write_text("defaults:\n  - trainer: default\n  - _self_\nseed: null\n")
+    code = ("from hydra import compose, initialize_config_dir\n"
+            f"with initialize_config_dir(config_dir={str(app)!r}, version_base='1.3'):\n"
+            "    s = compose('train', overrides=['+trainer/strategy=fedavg']).trainer.strategy\n"
+            "print(s._target_, s.seed)\n")
+    plugin = subprocess.run([str(py), "-c", code], cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert plugin.stdout.split() == ["lightning_fl.FedAvgStrategy", "0"], plugin.stderr[-3000:]

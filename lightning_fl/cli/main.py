@@ -152,6 +152,7 @@ def train(cfg: DictConfig) -> float | None:
 
     # Lightning 2.6 on torch >= 2.10 warns about its own use of a torch API; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    _require_logger_extra(cfg.get("logger"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)  # the built-in classifiers read in_shape/num_classes from cfg.data
@@ -205,19 +206,30 @@ _LOGGER_EXTRAS = {
 }
 
 
-def _logger(cfg: Any) -> Any:
-    """The `logger` group's choice (csv by default); `logger=null` logs nothing."""
+def _require_logger_extra(cfg: Any) -> None:
+    """A logger whose package is missing is a one-line hint naming the extra, before any work starts."""
     import importlib.util
 
-    from hydra.utils import instantiate
-
-    if cfg is None:
-        return False
-    name = str(cfg.get("_target_", "")).rsplit(".", 1)[-1]
+    name = str(cfg.get("_target_", "")).rsplit(".", 1)[-1] if cfg is not None else ""
     modules, extra = _LOGGER_EXTRAS.get(name, ((), None))
     if modules and all(importlib.util.find_spec(m) is None for m in modules):
         choice = HydraConfig.get().runtime.choices.get("logger", name)
         raise ImportError(f"logger={choice} needs {modules[0]}: pip install 'lightning-fl[{extra}]'")
+
+
+def _logger(cfg: Any) -> Any:
+    """The `logger` group's choice (csv by default); `logger=null` logs nothing."""
+    from hydra.utils import instantiate
+
+    if cfg is None:
+        return False
+    _require_logger_extra(cfg)
+    name = str(cfg.get("_target_", "")).rsplit(".", 1)[-1]
+    if name == "MLFlowLogger" and str(cfg.get("tracking_uri") or "").startswith("file:"):
+        # MLflow >= 3.7 refuses its file store unless asked; logger=mlflow asks for it (no database needed).
+        import os
+
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return instantiate(cfg)
 
 

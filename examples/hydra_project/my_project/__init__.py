@@ -1,0 +1,1 @@
+"""An ordinary Lightning project: nothing here knows about federated learning."""
