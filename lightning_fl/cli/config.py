@@ -33,8 +33,14 @@ class FedAvgConfig:
     alpha: float = 0.5
     shards_per_client: int = 2
     seed: int = STRATEGY_SEED
-    # None (plain averaging) or an optimizer factory: {_target_: torch.optim.SGD, _partial_: true, ...}
+    # None (local SGD) or {_target_: lightning_fl.FedProx, mu: ...} (group strategy/client_algorithm)
+    client_algorithm: Optional[Any] = None
+    # None (plain averaging) or an optimizer factory: {_target_: lightning_fl.FedAdam, ...} or
+    # {_target_: torch.optim.SGD, _partial_: true, ...} (group strategy/server_optimizer)
     server_optimizer: Optional[Any] = None
+    local_steps: Optional[int] = None
+    stragglers: float = 0.0
+    client_state_dir: Optional[str] = None
     skip_nonfinite_updates: bool = True
     process_group_backend: Optional[str] = None
     timeout: float = 1800.0
