@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_secure_aggregation import uniform_bytes_pvalue, updates_for
 
-from lightning_fl.federated.secure import DropoutRecoveryError, SecAggRound, SecureAggregation
+from lightning_fl.federated.secure import SecAggRound, SecureAggregation, SecureAggregationError
 from lightning_fl.federated.secure.graph import neighbour_graph
 from lightning_fl.federated.secure.protocol import SHARE_CIPHERTEXT_BYTES
 
@@ -88,7 +88,7 @@ def run_scenarios(rank: int, world_size: int, group=None, exposure: bool = False
         try:
             res = r.finish()
             record.update(sum=res.sum, weight=res.weight, dropped=res.dropped, bound=res.error_bound, bytes=res.bytes_sent)
-        except DropoutRecoveryError as exc:
+        except SecureAggregationError as exc:
             record["error"] = str(exc)
         out[name] = record
     return out
@@ -181,8 +181,9 @@ def test_processes_send_only_masked_buffers_and_all_get_the_exact_sum(world_size
 @pytest.mark.distributed
 def test_process_masks_keep_a_process_hidden_when_its_other_process_neighbours_fail(spawned):
     """Recovery publishes the failed clients' masks. If those were the only masks between rank 0's
-    clients and other processes, rank 0's contribution minus the published masks is its plaintext sum;
-    process masks (on by default with several clients per process) keep it uniform."""
+    clients and other processes, rank 0's contribution minus the published masks would be its plaintext
+    sum: without process masks the round is refused on every rank; with them (the default with several
+    clients per process) the contribution stays uniform and the sum is exact."""
     owner, failed = ring_arc()
     ups = updates_for(CLIENTS, NUMEL)
     mine = [c for c in CLIENTS if owner[c] == 0]
@@ -198,7 +199,11 @@ def test_process_masks_keep_a_process_hidden_when_its_other_process_neighbours_f
     for name, exposed in (("arc_client_masks_only", True), ("arc_process_masks", False)):
         rec = spawned[0]["exposure"][name]
         assert rec["process_masks"] is not exposed
-        assert (rec["sum"] - plain).abs().max() <= rec["bound"]  # the sum is right either way
+        if exposed:
+            assert all(r["exposure"][name].get("error") == rec["error"] for r in spawned[:2])
+            assert "would reveal the partial sum of ranks [0]" in rec["error"]
+        else:
+            assert (rec["sum"] - plain).abs().max() <= rec["bound"]
         net = rec["sent"][: NUMEL + 2].numpy().astype(np.uint32) - published
         corr = torch.corrcoef(torch.stack([torch.from_numpy(net[:NUMEL].astype(np.float64)), truth]))[0, 1].item()
         if exposed:

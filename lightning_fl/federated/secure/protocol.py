@@ -340,6 +340,7 @@ class SecAggRound:
         survivors = [c for c in self.clients if flags[self.slot[c]] == 1]
         dropped = [c for c in self.clients if flags[self.slot[c]] == 0]
         if dropped:
+            self._refuse_exposure(set(survivors))
             total = self._recover(total, set(survivors), dropped)
         total = torch.from_numpy(total.astype(np.int64))
         overflowed = int(total[self.numel + 1])
@@ -358,6 +359,35 @@ class SecAggRound:
             error_bound=self.fixed_point.error_bound(len(survivors)),
             bytes_sent=dict(self.bytes_sent),
         )
+
+    def _refuse_exposure(self, survivors: set[int]) -> None:
+        """Recovery publishes the failed clients' masks. Without process masks, the ranks whose surviving
+        clients are linked by surviving masked pairs must still form one group; a group cut off from the
+        others would have its partial sum revealed, so the round is refused instead (on every rank)."""
+        if self.process_masks or self.world_size == 1:
+            return
+        group = {self.owner[c]: self.owner[c] for c in survivors}
+
+        def root(r: int) -> int:
+            while group[r] != r:
+                group[r] = group[group[r]]
+                r = group[r]
+            return r
+
+        for a in survivors:
+            for b in self.graph[a]:
+                if b in survivors and self.owner[a] != self.owner[b]:
+                    group[root(self.owner[a])] = root(self.owner[b])
+        components: dict[int, list[int]] = {}
+        for r in sorted(group):
+            components.setdefault(root(r), []).append(r)
+        if len(components) > 1:
+            cut = min(components.values(), key=len)
+            raise SecureAggregationError(
+                f"secure aggregation would reveal the partial sum of ranks {cut} in round {self.round_idx}: the "
+                f"clients linking them to other ranks failed; the round was not applied (use process_masks=True "
+                f"or more neighbors)"
+            )
 
     def _recover(self, total: np.ndarray, survivors: set[int], dropped: list[int]) -> np.ndarray:
         chosen: dict[int, list[int]] = {}
