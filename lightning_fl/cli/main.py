@@ -137,8 +137,9 @@ def _own_module_and_data(args: list[str]) -> list[str]:
         chosen = any(k.lstrip("~+") == group for k in keys)
         if chosen or not targets.intersection(keys):
             continue
+        at = next(i for i, a in enumerate(out) if a.split("=", 1)[0] in targets)
         out = [("+" + a if a.startswith(f"{group}.") and a in overrides else a) for a in out]
-        out.append(f"~{group}")
+        out.insert(at, f"~{group}")  # beside the other overrides: Hydra's parser wants them together
     return out
 
 
