@@ -66,6 +66,10 @@ class WeightedSum:
         self.values.add_(vector, alpha=weight)
         self.buffer[self.numel] += weight
 
+    def add_weight_(self, weight: float) -> None:
+        """Count a client's weight whose vector is combined elsewhere (a robust aggregator holds it)."""
+        self.buffer[self.numel] += weight
+
     def add_parts_(self, parts: Sequence[torch.Tensor], weight: float) -> None:
         """Like :meth:`add_` for a vector given as tensors in order (a model's parameters), without packing."""
         for view, t in zip(self.values.split([t.numel() for t in parts]), parts):

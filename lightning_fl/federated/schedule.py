@@ -28,6 +28,7 @@ class RoundPlan:
     num_steps: int  # batches every rank runs in this round (>= 1)
     round_clients: int  # clients trained in the round, all ranks together
     round_samples: int  # Σ nᵢ over the round's clients, all ranks together
+    round_client_ids: tuple[int, ...] = ()  # every client of the round, in sampled order
     starts_at: dict[int, ClientJob] = field(default_factory=dict, compare=False)
     ends_at: dict[int, ClientJob] = field(default_factory=dict, compare=False)
 
@@ -86,4 +87,5 @@ def plan_round(
         num_steps=max(1, max(rank_steps)),
         round_clients=len(client_ids),
         round_samples=sum(client_sizes),
+        round_client_ids=tuple(client_ids),
     )

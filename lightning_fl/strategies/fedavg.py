@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from lightning_fl.errors import FederatedConfigError, check, is_int
 from lightning_fl.federated.aggregation import WeightedSum, all_finite
+from lightning_fl.federated.attacks import LabelFlip, ModelPoisoning
 from lightning_fl.federated.client_algorithms import (
     AlgorithmContext,
     ClientAlgorithm,
@@ -58,6 +59,8 @@ from lightning_fl.federated.client_algorithms import (
 )
 from lightning_fl.federated.client_state import ClientStateStore
 from lightning_fl.federated.partition import PARTITIONS, Partition, dataset_labels, make_partition
+from lightning_fl.federated.privacy.central_dp import CentralDP
+from lightning_fl.federated.robust import InsufficientUpdatesError, Krum, Median, NormBound, TrimmedMean
 from lightning_fl.federated.sampling import num_client_steps, sample_clients, straggler_steps
 from lightning_fl.federated.schedule import ClientJob, RoundPlan, plan_round
 from lightning_fl.federated.server_optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
@@ -74,6 +77,8 @@ from lightning_fl.strategies.round_data import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "lightning_fl"
+AGGREGATORS = (Median, TrimmedMean, Krum, NormBound)
+ON_CLIENT_ERROR = ("skip", "raise")
 _DEFAULT_NUM_CLIENTS = 10
 
 
@@ -103,6 +108,19 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             (at least one), as in FedProx's system-heterogeneity experiments.
         client_state_dir: where per-client state (SCAFFOLD's control variates) is kept during a fit.
             Default: ``<default_root_dir>/client_state``. With several nodes it must be a shared file system.
+        privacy: ``CentralDP(noise_multiplier, clip_norm, ...)``: client-level differential privacy
+            (DP-FedAvg): clipped updates, uniform weights, a fixed denominator, Gaussian noise once per
+            round, ε accounted and logged as ``fl/epsilon`` (needs ``lightning-fl[privacy]``).
+        aggregator: ``None`` (the weighted mean, streamed), ``Median()``, ``TrimmedMean(beta)``,
+            ``Krum(num_malicious, multi)`` (these hold the round's updates, sharded over the processes)
+            or ``NormBound(max_norm)`` (``lightning_fl.federated.robust``).
+        attack: simulated attackers for robustness research: ``ModelPoisoning(kind, fraction, ...)`` or
+            ``LabelFlip(fraction, num_classes)`` (``lightning_fl.federated.attacks``); seeded per round.
+        on_client_error: ``"skip"``: a client whose ``training_step`` raises is left out of the round
+            (logged with its id, counted as ``fl/failed_clients``); ``"raise"``: the run fails.
+        max_update_norm: reject (and count) a client whose update (weights − global) is longer than this.
+        min_clients: a round in which fewer clients survive keeps the previous global model.
+        max_skipped_rounds: stop training after this many consecutive rounds below ``min_clients``.
         skip_nonfinite_updates: drop a client whose weights hold NaN/inf after training (reported as
             ``fl/rejected_clients``) instead of failing the run. The global model is never corrupted.
         timeout: collective timeout (a ``timedelta`` or seconds); a dead rank ends the job after this
@@ -127,6 +145,13 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         local_steps: Optional[int] = None,
         stragglers: float = 0.0,
         client_state_dir: Optional[str] = None,
+        privacy: Optional[CentralDP] = None,
+        aggregator: Optional[Any] = None,
+        attack: Optional[ModelPoisoning | LabelFlip] = None,
+        on_client_error: str = "skip",
+        max_update_norm: Optional[float] = None,
+        min_clients: int = 1,
+        max_skipped_rounds: Optional[int] = None,
         skip_nonfinite_updates: bool = True,
         accelerator: Any = None,
         parallel_devices: Optional[list[torch.device]] = None,
@@ -170,6 +195,32 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         )
         check(is_int(seed), f"seed must be an integer, got {seed!r}")
         check(
+            privacy is None or isinstance(privacy, CentralDP),
+            f"privacy must be None or CentralDP(...), got {type(privacy).__name__}",
+        )
+        check(
+            aggregator is None or isinstance(aggregator, AGGREGATORS),
+            "aggregator must be None, Median(), TrimmedMean(beta), Krum(num_malicious) or NormBound(max_norm), "
+            f"got {type(aggregator).__name__}",
+        )
+        check(
+            attack is None or isinstance(attack, (ModelPoisoning, LabelFlip)),
+            f"attack must be None, ModelPoisoning(...) or LabelFlip(...), got {type(attack).__name__}",
+        )
+        check(on_client_error in ON_CLIENT_ERROR, f"on_client_error must be 'skip' or 'raise', got {on_client_error!r}")
+        if max_update_norm is not None:
+            check(
+                isinstance(max_update_norm, (int, float)) and max_update_norm > 0,
+                f"max_update_norm must be > 0, got {max_update_norm}",
+            )
+        check(is_int(min_clients) and min_clients >= 1, f"min_clients must be an integer >= 1, got {min_clients}")
+        if max_skipped_rounds is not None:
+            check(
+                is_int(max_skipped_rounds) and max_skipped_rounds >= 1,
+                f"max_skipped_rounds must be an integer >= 1, got {max_skipped_rounds}",
+            )
+        _check_composition(client_algorithm, privacy, aggregator, attack)
+        check(
             server_optimizer is None or callable(server_optimizer),
             "server_optimizer must be None or a callable that builds a torch.optim.Optimizer from parameters",
         )
@@ -191,6 +242,13 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         # A private copy: registered names share one instance, and the algorithm keeps per-fit state.
         self.client_algorithm = copy.deepcopy(client_algorithm)
         self.client_state_dir = client_state_dir
+        self.privacy = copy.deepcopy(privacy)
+        self.aggregator = aggregator
+        self.attack = attack
+        self.on_client_error = on_client_error
+        self.max_update_norm = None if max_update_norm is None else float(max_update_norm)
+        self.min_clients = int(min_clients)
+        self.max_skipped_rounds = max_skipped_rounds
         self.partition = partition
         self.alpha = float(alpha)
         self.shards_per_client = int(shards_per_client)
@@ -204,6 +262,12 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._global_ints: Optional[torch.Tensor] = None
         self._sum: Optional[WeightedSum] = None
         self._update: Optional[torch.Tensor] = None  # scratch for a client's change, when a part needs it
+        self._held: Optional[torch.Tensor] = None  # this rank's updates of the round, for holding aggregators
+        self._held_ids: list[int] = []
+        self._job: Optional[ClientJob] = None
+        self._client_failed = False
+        self._malicious: set[int] = set()
+        self._skipped_in_a_row = 0
         self._stores: dict[str, ClientStateStore] = {}
         self._client_state_root: Optional[Path] = None
         self._int_max: Optional[torch.Tensor] = None
@@ -338,13 +402,24 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                     open_store=self._open_store,
                 )
             )
+        if self.privacy is not None:
+            self.privacy.setup(self.total_clients, self.sampled_per_round)
+            if self.privacy.max_rounds() == 0:
+                raise FederatedConfigError(f"privacy: {self.privacy.stop_reason()}")
+        if self.aggregator is not None:
+            self.aggregator.check_cohort(self.sampled_per_round)
+        # One buffer, one all-reduce per round: [Σ w·x | Σ w | rejected | the parts' own sums]. A holding
+        # aggregator combines the updates themselves, so the buffer then carries only the counts.
+        extra = {"clients": 1, "failed": 1}
+        if algorithm is not None:
+            extra.update(algorithm.sums())
+        if self.privacy is not None:
+            extra["privacy/unclipped"] = 1
         self._sum = WeightedSum(
-            state.numel,
-            dtype=state.dtype,
-            device=self.root_device,
-            extra=algorithm.sums() if algorithm is not None else None,
+            0 if self._holds_updates else state.numel, dtype=state.dtype, device=self.root_device, extra=extra
         )
         self._update = torch.empty_like(self._global) if self._sums_updates else None
+        self._skipped_in_a_row = 0
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
@@ -355,7 +430,18 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
     @property
     def _sums_updates(self) -> bool:
         """Whether clients contribute their change (weights − global) rather than their weights."""
-        return self.client_algorithm is not None and self.client_algorithm.needs_update
+        algorithm = self.client_algorithm
+        return (
+            (algorithm is not None and algorithm.needs_update)
+            or self.privacy is not None
+            or self.aggregator is not None
+            or isinstance(self.attack, ModelPoisoning)
+            or self.max_update_norm is not None
+        )
+
+    @property
+    def _holds_updates(self) -> bool:
+        return bool(getattr(self.aggregator, "holds_updates", False))
 
     def _open_store(self, name: str, numel: int) -> ClientStateStore:
         """A per-client store under this fit's own directory (created by rank 0, shared by all ranks)."""
@@ -503,20 +589,49 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         job = plan.starts_at.get(batch_idx)
         if job is not None:
             self._begin_client(plan, job)
-        self._padding = batch_idx >= plan.local_steps
+        # A failed client's remaining steps are padding too: the round keeps its length on every rank.
+        self._padding = batch_idx >= plan.local_steps or self._client_failed
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         automatic = self.lightning_module.automatic_optimization  # type: ignore[union-attr]
-        output: Any
+        output: Any = None
+        if not self._padding:
+            if isinstance(self.attack, LabelFlip) and self._job is not None and self._job.client_id in self._malicious:
+                args = (_flip_labels(args[0], self.attack),) + tuple(args[1:])
+            try:
+                output = super().training_step(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any error of the user's step fails only this client
+                if self.on_client_error == "raise":
+                    raise
+                self._fail_client(error)
         if self._padding:
             # Keeps this rank in step with busier ranks without touching the model. Lightning rejects a
             # None loss when world_size > 1, so automatic optimization gets a constant with no graph.
             output = torch.zeros((), device=self.root_device, requires_grad=True) if automatic else None
-        else:
-            output = super().training_step(*args, **kwargs)
         if not automatic:
             self._after_step()
         return output
+
+    def _fail_client(self, error: BaseException) -> None:
+        """Leave the current client out of the round: log it, pad its remaining steps, never aggregate it."""
+        import traceback
+
+        job, plan = self._job, self._plan
+        assert job is not None and plan is not None
+        self._client_failed = self._padding = True
+        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        path = os.path.join(trainer.log_dir or trainer.default_root_dir, "client_errors.log")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"round {plan.round_idx} client {job.client_id} (rank {self.global_rank}):\n")
+                f.write("".join(traceback.format_exception(error)) + "\n")
+        except OSError:
+            path = "(not written)"
+        log.warning(
+            "lightning_fl: round %d: client %d failed and is skipped: %s: %s (traceback in %s)",
+            plan.round_idx, job.client_id, type(error).__name__, " ".join(str(error).split()), path,
+        )
 
     def optimizer_step(
         self,
@@ -592,16 +707,24 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._clients_started = len(plan.idle_jobs)
         self._sum.reset()
         self._int_max.copy_(self._global_ints)  # type: ignore[arg-type]
+        self._malicious = set()
+        if self.attack is not None:
+            self._malicious = self.attack.malicious(self.seed, plan.round_idx, plan.round_client_ids)
+        if self._holds_updates:
+            # The only per-round memory that grows with clients: this rank's k_r updates (see docs/robustness.md).
+            rows = len(plan.jobs)
+            if self._held is None or self._held.shape[0] < rows:
+                self._held = torch.empty(rows, self._global.numel(), dtype=self._global.dtype, device=self._global.device)
+            self._held_ids = []
         for job in plan.idle_jobs:  # too small for one batch: contributes the global model unchanged
-            if self._sums_updates:
-                self._sum.add_(torch.zeros(()), job.num_samples / plan.round_samples)
-            else:
-                self._sum.add_(self._global, job.num_samples / plan.round_samples)
+            self._accept(job.client_id, None, job.num_samples / plan.round_samples)
 
     def _begin_client(self, plan: RoundPlan, job: ClientJob) -> None:
         state = self._model_state
         assert state is not None and self._global is not None and self._global_ints is not None
         self._clients_started += 1
+        self._job = job
+        self._client_failed = False
         state.unpack(self._global)
         state.unpack_ints(self._global_ints)
         for optimizer in self.optimizers:
@@ -614,6 +737,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
     def _end_client(self, plan: RoundPlan, job: ClientJob) -> None:
         state = self._model_state
         assert state is not None and self._sum is not None and self._int_max is not None
+        if self._client_failed:
+            self._sum.extra["failed"] += 1
+            return
         if not all_finite(state.float_tensors):
             if not self.skip_nonfinite_updates:
                 raise FloatingPointError(
@@ -627,14 +753,50 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             self._sum.reject_()
             return
         weight = job.num_samples / plan.round_samples
-        if self._sums_updates:
-            assert self._update is not None and self._global is not None and self.client_algorithm is not None
-            update = state.pack_into(self._update).sub_(self._global)
-            self.client_algorithm.client_update(job.client_id, update, weight, self._sum.extra)
-            self._sum.add_(update, weight)
-        else:
+        if not self._sums_updates:
             self._sum.add_parts_(state.float_tensors, weight)
+            self._sum.extra["clients"] += 1
+            state.max_ints_into(self._int_max)
+            return
+        assert self._update is not None and self._global is not None
+        update = state.pack_into(self._update).sub_(self._global)
+        if self.max_update_norm is not None and float(update.norm()) > self.max_update_norm:
+            log.warning(
+                "lightning_fl: round %d: client %d's update has norm %.4g > max_update_norm=%g; it is rejected",
+                plan.round_idx, job.client_id, float(update.norm()), self.max_update_norm,
+            )
+            self._sum.reject_()
+            return
+        if isinstance(self.attack, ModelPoisoning) and job.client_id in self._malicious:
+            update = self.attack.poison(update, job.client_id, plan.round_idx, self.seed)
+        self._accept(job.client_id, update, weight)
         state.max_ints_into(self._int_max)
+
+    def _accept(self, client_id: int, update: Optional[torch.Tensor], weight: float) -> None:
+        """Fold one client's contribution into the round. ``update`` None: the global model unchanged."""
+        total = self._sum
+        assert total is not None and self._global is not None
+        total.extra["clients"] += 1
+        if not self._sums_updates:
+            total.add_(self._global, weight)
+            return
+        if update is None:  # an idle client did no step: nothing for its algorithm to record
+            update = torch.zeros_like(self._global)
+        elif self.client_algorithm is not None:
+            self.client_algorithm.client_update(client_id, update, weight, total.extra)
+        if isinstance(self.aggregator, NormBound):
+            update = self.aggregator.bound(update)
+        if self.privacy is not None:
+            update, unclipped = self.privacy.clip(update)
+            total.extra["privacy/unclipped"] += float(unclipped)
+            weight = 1.0  # uniform weights: one client's influence is bounded by the clip norm
+        if self._holds_updates:
+            assert self._held is not None
+            self._held[len(self._held_ids)].copy_(update)
+            self._held_ids.append(client_id)
+            total.add_weight_(weight)
+        else:
+            total.add_(update, weight)
 
     def _end_round(self, plan: RoundPlan) -> None:
         state = self._model_state
@@ -647,15 +809,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             if self._int_max is not None and self._int_max.numel():
                 dist.all_reduce(self._int_max, op=dist.ReduceOp.MAX)
                 comm_bytes += _ring_allreduce_bytes(self._int_max, self.world_size)
-        rejected = total.rejected
+        rejected, failed = total.rejected, int(total.extra["failed"])
+        accepted = int(total.extra["clients"])
         total_weight = total.total_weight
-        average = total.average_()
-        if average is None:
-            rank_zero_warn(
-                f"lightning_fl: round {plan.round_idx}: every client update was rejected (NaN/inf); "
-                "the global model is unchanged"
-            )
-        else:
+        average, skipped = self._round_average(plan, total, accepted)
+        if average is not None:
             self._server_step(average, total_weight)
             assert self._global_ints is not None and self._int_max is not None
             self._global_ints.copy_(self._int_max)
@@ -664,18 +822,65 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._in_round = False
         self.round_stats = {
             "fl/round": float(plan.round_idx),
-            "fl/clients": float(plan.round_clients - rejected),
+            "fl/clients": float(accepted),
             "fl/rejected_clients": float(rejected),
+            "fl/failed_clients": float(failed),
             "fl/samples": float(plan.round_samples),
             "fl/comm_bytes": float(comm_bytes),
             "fl/model_bytes": float(state.nbytes),
         }
+        if self._malicious:
+            self.round_stats["fl/malicious_clients"] = float(len(self._malicious))
+        if self.privacy is not None:
+            self.round_stats.update(self.privacy.metrics())
+        self._after_round(plan, skipped)
         if self._stores:
             self.round_stats["fl/client_state_bytes"] = float(sum(s.disk_bytes() for s in self._stores.values()))
         module = self.lightning_module
         assert module is not None
         for name, value in self.round_stats.items():
             module.log(name, value, on_step=False, on_epoch=True, batch_size=1, prog_bar=name == "fl/clients")
+
+    def _round_average(self, plan: RoundPlan, total: WeightedSum, accepted: int) -> tuple[Optional[torch.Tensor], bool]:
+        """The round's average (of weights or of changes) from the all-reduced sums, or ``None`` to keep the
+        global model; every rank reaches the same decision from the same sums."""
+        reason = None
+        if accepted < self.min_clients:
+            reason = f"{accepted} client(s) survived, fewer than min_clients={self.min_clients}"
+        elif self.privacy is not None:  # even a round without survivors is noised and counted
+            secure = self.privacy.secure_noise and self.world_size > 1
+            noise = self._broadcast(self.privacy.noise(total.values.numel(), self.seed, plan.round_idx)) if secure else None
+            average = self.privacy.finish(
+                total.values, float(total.extra["privacy/unclipped"]), accepted, self.seed, plan.round_idx, noise=noise
+            )
+            return average, False
+        elif self._holds_updates:
+            assert self._held is not None
+            try:
+                return self.aggregator.aggregate(self._held[: len(self._held_ids)], self._held_ids), False
+            except InsufficientUpdatesError as error:
+                reason = " ".join(str(error).split())
+        else:
+            average = total.average_()
+            if average is not None:
+                return average, False
+            reason = "every client update was rejected or failed"
+        rank_zero_warn(f"lightning_fl: round {plan.round_idx}: {reason}; the global model is unchanged")
+        return None, True
+
+    def _after_round(self, plan: RoundPlan, skipped: bool) -> None:
+        """Log the round and decide whether training goes on (privacy budget, rounds without survivors)."""
+        self.round_stats["fl/skipped_rounds"] = float(self._skipped_in_a_row + 1 if skipped else 0)
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if skipped else 0
+        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        stop = None
+        if self.max_skipped_rounds is not None and self._skipped_in_a_row >= self.max_skipped_rounds:
+            stop = f"{self._skipped_in_a_row} rounds in a row kept the global model (max_skipped_rounds={self.max_skipped_rounds})"
+        elif self.privacy is not None:
+            stop = self.privacy.stop_reason()
+        if stop is not None:
+            rank_zero_warn(f"lightning_fl: stopping after round {plan.round_idx + 1}: {stop}")
+            trainer.should_stop = True  # the epoch (round) ends normally first
 
     def _server_step(self, average: torch.Tensor, total_weight: float) -> None:
         """Hand the round's average (of weights, or of changes) through the algorithm to the server optimizer."""
@@ -716,9 +921,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             "seed": self.seed,
             "mid_round": self._in_round,
             "server": self.server.state_dict(),
+            "num_clients": self.total_clients,
             "client_algorithm": None if algorithm is None else algorithm.name,
             "client_algorithm_state": {} if algorithm is None else algorithm.state_dict(),
             "client_state": sorted(self._stores),
+            "privacy": None if self.privacy is None else self.privacy.state_dict(),
         }
         if self._stores and self.is_global_zero:
             # Written before the checkpoint file, so a checkpoint that exists always has its client state.
@@ -742,6 +949,12 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 raise FederatedConfigError(
                     f"checkpoint '{checkpoint_path}' was saved in the middle of a round; its weights are the "
                     "last global model, but training can only resume from a checkpoint saved at a round end"
+                )
+            saved_clients = state.get("num_clients")  # absent in checkpoints written before it was recorded
+            if saved_clients is not None and saved_clients != self.total_clients:
+                raise FederatedConfigError(
+                    f"checkpoint '{checkpoint_path}' was trained with num_clients={saved_clients}, this run has "
+                    f"num_clients={self.total_clients}; resume with the same number of clients"
                 )
             trained_with = state.get("client_algorithm")
             running = None if self.client_algorithm is None else self.client_algorithm.name
@@ -773,6 +986,13 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self.server.load_state_dict(state.get("server", {}))
         if self.client_algorithm is not None:
             self.client_algorithm.load_state_dict(state.get("client_algorithm_state", {}))
+        if self.privacy is not None:
+            if state.get("privacy") is None:
+                raise FederatedConfigError(
+                    "this run has privacy=CentralDP but the checkpoint was trained without it: its rounds were "
+                    "not accounted, so epsilon would be wrong; resume without privacy or start a new run"
+                )
+            self.privacy.load_state_dict(state["privacy"])
         snapshot = state.get("client_state_snapshot")
         if snapshot is not None:
             if self.is_global_zero:
@@ -780,6 +1000,41 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                     store.restore(Path(snapshot) / name)
             self.barrier("lightning_fl.restore_client_state")  # no rank reads a client before it is back
 
+
+
+def _check_composition(
+    algorithm: Optional[ClientAlgorithm], privacy: Optional[CentralDP], aggregator: Any, attack: Any
+) -> None:
+    """Combinations of parts that cannot serve each other, refused with the reason."""
+    if privacy is not None and algorithm is not None and type(algorithm) in (Scaffold, FedNova):
+        raise FederatedConfigError(
+            f"privacy=CentralDP bounds each client's model update, but client_algorithm={algorithm.name} also sends "
+            "what privacy does not cover (control variates or step counts); use FedProx or no client algorithm"
+        )
+    if privacy is not None and getattr(aggregator, "holds_updates", False):
+        raise FederatedConfigError(
+            f"privacy=CentralDP noises a sum of clipped updates; aggregator={aggregator!r} is not a sum: use one or "
+            "the other (NormBound composes with privacy)"
+        )
+    if isinstance(attack, ModelPoisoning) and attack.needs_benign_statistics:
+        raise FederatedConfigError(
+            f"attack={attack!r}: the 'little_is_enough' attack needs the benign updates' statistics across "
+            "processes, which the strategy does not gather yet; use sign_flip, scale or gaussian"
+        )
+
+
+def _flip_labels(batch: Any, attack: LabelFlip) -> Any:
+    """The batch with its labels flipped: ``(x, y, ...)`` or a dict with a 'label'/'labels'/'y'/'target' key."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
+        return type(batch)([batch[0], attack.flip(batch[1]), *batch[2:]])
+    if isinstance(batch, dict):
+        for key in ("label", "labels", "y", "target", "targets"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return {**batch, key: attack.flip(batch[key])}
+    raise FederatedConfigError(
+        "attack=LabelFlip needs batches of the form (inputs, labels, ...) or dicts with a 'label', 'labels', 'y' "
+        f"or 'target' tensor; got {type(batch).__name__}"
+    )
 
 
 def _client_state_snapshot(checkpoint_path: _PATH) -> Path:
