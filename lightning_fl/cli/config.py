@@ -119,7 +119,7 @@ class RunConfig:
     trainer: Any = MISSING
     seed: int = 0
     test: bool = True  # evaluate the final global model on the test split after training
-    ckpt_path: Optional[str] = None  # resume training from this checkpoint
+    ckpt_path: Optional[str] = None  # resume from this checkpoint, a run directory (its last.ckpt), or "last"
     logger: Any = None  # group `logger`: csv, tensorboard, mlflow, wandb
     callbacks: Any = None  # group `callbacks`: {name: callback config}
 

@@ -183,7 +183,7 @@ def train(cfg: DictConfig) -> float | None:
         logger=_logger(cfg.get("logger")),
         default_root_dir=output_dir,
     )
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg.ckpt_path))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_acc", "val_loss")}
     if cfg.test:
         results = trainer.test(model, datamodule=datamodule, verbose=False)
@@ -197,6 +197,22 @@ def train(cfg: DictConfig) -> float | None:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"lightning-fl: done after {rounds} {unit}: {shown}; outputs in {output_dir}", flush=True)
     return metrics.get("val_acc")
+
+
+def _resume_path(ckpt_path: str | None) -> str | None:
+    """``ckpt_path`` for ``Trainer.fit``: a directory (a run directory or its ``logs/checkpoints``) means its
+    ``last.ckpt``, so resuming needs no quoting of names like ``epoch=3-step=740.ckpt``. ``last`` is
+    Lightning's: the newest ``last*.ckpt`` of the checkpoint callback, i.e. of this run's directory (resume
+    in place with ``hydra.run.dir=<run dir> ckpt_path=last``; with none yet, training starts afresh, as a
+    restarted job wants)."""
+    import os
+
+    if ckpt_path is None or not os.path.isdir(ckpt_path):
+        return ckpt_path
+    for candidate in ("last.ckpt", os.path.join("logs", "checkpoints", "last.ckpt")):
+        if os.path.isfile(os.path.join(ckpt_path, candidate)):
+            return os.path.join(ckpt_path, candidate)
+    raise FileNotFoundError(f"ckpt_path={ckpt_path}: the directory has no last.ckpt, nor logs/checkpoints/last.ckpt")
 
 
 # The optional package each logger of the `logger` group needs, and the extra that installs it.

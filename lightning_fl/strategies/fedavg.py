@@ -458,6 +458,43 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._stores[name] = store
         return store
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._check_processes_agree()
+
+    def _check_processes_agree(self) -> None:
+        """Before the first step: every process must plan the same round length from the same settings.
+
+        Plans are computed per process without communication; processes that disagree would block in the
+        round's collectives until the timeout. One small all-gather turns that into the same error on all.
+        """
+        plan = self._plan
+        if self.world_size == 1 or plan is None:
+            return
+        cached = self._partition_cache
+        facts = {  # settings first: the first difference found is the one named
+            "seed": self.seed,
+            "num_clients": self.total_clients,
+            "clients_per_round": self.sampled_per_round,
+            "local_epochs": self.local_epochs,
+            "local_steps": -1 if self.local_steps is None else self.local_steps,
+            "stragglers (x1e6)": round(self.stragglers * 1e6),
+            # Every process partitions the same training set; silos each have their own.
+            "training set size": -1 if self.is_silo or cached is None else cached[1],
+            "round length (steps)": plan.num_steps,
+        }
+        mine = torch.tensor(list(facts.values()), dtype=torch.long, device=self.root_device)
+        gathered = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(gathered, mine)
+        for i, name in enumerate(facts):
+            values = [int(g[i]) for g in gathered]
+            if len(set(values)) > 1:
+                raise FederatedConfigError(
+                    f"processes disagree on {name}: {', '.join(f'process {r}: {v}' for r, v in enumerate(values))}; "
+                    f"with strategy='{type(self).strategy_name}' every process needs the same settings and data "
+                    "(each silo's own data with partition='silo'), or the round's collectives would never line up"
+                )
+
     def on_train_end(self) -> None:
         super().on_train_end()
         # Every rank finished writing before the last round's all-reduce; checkpoints hold snapshots.

@@ -449,11 +449,13 @@ class ParameterServerStrategy(UnwrappedDDPStrategy):
         self.flush()  # a checkpoint holds the model with every update, not this worker's stale view
         return super().lightning_module_state_dict()
 
-    def teardown(self) -> None:
-        for group in self._groups:
+    def destroy_own_groups(self) -> None:
+        groups, self._groups = self._groups, (None, None)
+        for group in groups:  # the push and reply groups of bounded staleness (base.teardown calls this)
             if group is not None and dist.is_initialized():
                 dist.destroy_process_group(group)
-        self._groups = (None, None)
+
+    def teardown(self) -> None:
         self._server = None
         if self._patched_loop is not None:
             self._patched_loop.__dict__.pop("_broadcast_sigterm_tensor", None)  # Lightning's own again

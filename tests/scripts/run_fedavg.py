@@ -29,12 +29,31 @@ class KillRank(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class PerRankBatchData(TinyData):
+    """Each process's own DataModule settings: silo ``r`` batches its data with ``batch_sizes[r]``."""
+
+    def __init__(self, batch_sizes, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.batch_sizes = batch_sizes
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.batch_size = self.batch_sizes[self.trainer.global_rank]
+
+
 def main() -> None:
     out, devices = sys.argv[1], int(sys.argv[2])
     strategy_kwargs = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     module = seeded_module(**options.get("module", {}))
-    data = TinyData(**options.get("data", {}))
+    if "batch_sizes" in options:
+        data = PerRankBatchData(options["batch_sizes"], **options.get("data", {}))
+    else:
+        data = TinyData(**options.get("data", {}))
+    # "per_rank": [{...}, {...}]: strategy settings that differ by process (LOCAL_RANK is set before launch
+    # for the ranks popen starts; rank 0 has none yet).
+    if options.get("per_rank"):
+        strategy_kwargs.update(options["per_rank"][int(os.environ.get("LOCAL_RANK", "0"))])
     server = options.get("server")
     if server is not None:
         import functools
