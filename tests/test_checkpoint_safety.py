@@ -163,3 +163,16 @@ def test_cli_resumes_with_ckpt_path_last_and_reports_a_bad_file_in_one_line(tmp_
                       "or corrupt, or not a torch checkpoint (RuntimeError: PytorchStreamReader failed reading zip "
                       "archive: failed finding central directory)"], bad.stderr[-2000:]
     assert "Traceback" not in bad.stderr
+
+
+class _Custom:  # a pickled object of its own class (e.g. a hyperparameter) is not plain data
+    pass
+
+
+def test_an_object_weights_only_refuses_is_named_with_the_way_out(tmp_path):
+    path = tmp_path / "custom.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"thing": _Custom()}}, path)
+    with pytest.raises(CheckpointError, match=r"holds an object of type .*_Custom, which loading with "
+                                              r"weights_only=True refuses; .*weights_only=False"):
+        _resume(path)
+    assert AtomicCheckpointIO().load_checkpoint(path, weights_only=False)["hyper_parameters"]["thing"]
