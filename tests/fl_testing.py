@@ -45,8 +45,10 @@ class TinyModule(L.LightningModule):
         batchnorm: bool = True,
         sync_step_log: bool = False,
         crash_on_rank: int | None = None,
+        failing_clients: list[int] | None = None,
     ):
         super().__init__()
+        self.failing_clients = set(failing_clients or ())  # their training_step raises (a broken client)
         self.net = make_net(batchnorm=batchnorm)
         self.lr, self.gamma, self.momentum, self.sync_step_log = lr, gamma, momentum, sync_step_log
         self.crash_on_rank = crash_on_rank  # simulates a client process dying in its second round
@@ -55,6 +57,9 @@ class TinyModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if self.crash_on_rank == self.global_rank and self.current_epoch == 1:
             raise RuntimeError(f"simulated client crash on rank {self.global_rank}")
+        client = getattr(self.trainer.strategy, "current_client_id", None)
+        if client is not None and client in self.failing_clients:
+            raise ValueError(f"simulated failure of client {client}")
         x, y = batch
         loss = nn.functional.cross_entropy(self.net(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True)

@@ -316,6 +316,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         return self._plan
 
     @property
+    def current_client_id(self) -> Optional[int]:
+        """The client this process is training right now (``None`` outside a client's steps)."""
+        return self._job.client_id if self._job is not None and self._in_round else None
+
+    @property
     def client_progress(self) -> Optional[tuple[int, int]]:
         """(clients started, clients assigned) on this rank in the current round, for progress bars."""
         if self._plan is None:
@@ -657,7 +662,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         assert job is not None and plan is not None
         self._client_failed = self._padding = True
         trainer = self.lightning_module.trainer  # type: ignore[union-attr]
-        path = os.path.join(trainer.log_dir or trainer.default_root_dir, "client_errors.log")
+        # Not trainer.log_dir: it broadcasts, and only this process is here.
+        base = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
+        path = os.path.join(base, "client_errors.log")
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
@@ -797,6 +804,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             return
         assert self._update is not None and self._global is not None
         update = state.pack_into(self._update).sub_(self._global)
+        if isinstance(self.attack, ModelPoisoning) and job.client_id in self._malicious:
+            update = self.attack.poison(update, job.client_id, plan.round_idx, self.seed)  # what it sends
         if self.max_update_norm is not None and float(update.norm()) > self.max_update_norm:
             log.warning(
                 "lightning_fl: round %d: client %d's update has norm %.4g > max_update_norm=%g; it is rejected",
@@ -804,8 +813,6 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             )
             self._sum.reject_()
             return
-        if isinstance(self.attack, ModelPoisoning) and job.client_id in self._malicious:
-            update = self.attack.poison(update, job.client_id, plan.round_idx, self.seed)
         self._accept(job.client_id, update, weight)
         state.max_ints_into(self._int_max)
 
