@@ -6,7 +6,13 @@ training images, E=1, B=10, 2 rounds, IID partition. The child reports ``ru_maxr
 last stdout line. The target is that 1,000 clients cost at most 1.2x the memory of 10 clients, i.e.
 per-client state is O(1) (the partition is one permutation plus offsets; aggregation is a running sum).
 
+``--client-algorithm scaffold`` runs the same with SCAFFOLD, whose per-client control variates (one
+model-sized vector for every client that ever trained) must live on disk, not in RAM. Each child then
+also reports the client-state directory after every round (measured before the strategy removes it at
+the end of fit) and the disk all N clients would take once each has trained (N x 4 bytes x parameters).
+
     python benchmarks/memory_clients.py
+    python benchmarks/memory_clients.py --client-algorithm scaffold
     python benchmarks/memory_clients.py --quick --synthetic --json /tmp/memory.json
 """
 
@@ -14,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,6 +40,7 @@ from _common import (  # noqa: E402
     load_mnist_train,
     no_worker_warning,
     plot_lines,
+    save_figure,
     write_json,
 )
 
@@ -62,6 +71,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument(
+        "--client-algorithm",
+        choices=("fedavg", "fedprox", "scaffold"),
+        default="fedavg",
+        help="client algorithm of every run (scaffold: control variates on disk, their size reported)",
+    )
     p.add_argument("--quick", action="store_true", help="N in (10, 100), 200 images, 1 round")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # internal: train N clients, report
     add_common_args(p)
@@ -73,12 +88,45 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
+def dir_usage(path: Path) -> tuple[int, int, int]:
+    """(files, apparent bytes, allocated bytes) of the regular files under ``path``."""
+    files = apparent = allocated = 0
+    for root, _, names in os.walk(path):
+        for name in names:
+            st = os.stat(os.path.join(root, name))
+            files += 1
+            apparent += st.st_size
+            allocated += st.st_blocks * 512
+    return files, apparent, allocated
+
+
+def make_disk_probe(directory: Path) -> Any:
+    """A callback that records the client-state directory and the strategy's metric after every round.
+
+    The strategy deletes the directory when fit ends, so it must be measured while training runs.
+    """
+    from lightning.pytorch.callbacks import Callback
+
+    class DiskProbe(Callback):
+        def __init__(self) -> None:
+            self.rounds: list[dict[str, Any]] = []
+
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            files, apparent, allocated = dir_usage(directory)
+            metric = trainer.strategy.round_stats.get("fl/client_state_bytes")
+            self.rounds.append(
+                {"files": files, "apparent_bytes": apparent, "allocated_bytes": allocated, "metric_bytes": metric}
+            )
+
+    return DiskProbe()
+
+
 def child(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
     """Train ``num_clients`` simulated clients in this process and report its peak RSS."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_fl import FedAvgStrategy
+    from lightning_fl import FedAvgStrategy, FedProx, Scaffold
     from lightning_fl.models import ImageClassifier
 
     apply_threads(args.threads)
@@ -89,18 +137,28 @@ def child(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
     # With the high-water mark reset, the peak after fit() is the peak *during* fit(): the part that could
     # depend on N. The process peak is then max(before, during), i.e. what ru_maxrss alone would report.
     can_reset = reset_peak_rss()
-    strategy = FedAvgStrategy(
-        num_clients=num_clients,
-        clients_per_round=min(args.per_round, num_clients),
-        local_epochs=args.local_epochs,
-        partition="iid",
-        seed=args.seed,
-    )
-    trainer = bench_trainer(strategy=strategy, devices=1, max_epochs=args.rounds, limit_val_batches=0)
-    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
-    with no_worker_warning():
-        trainer.fit(module, train_dataloaders=loader)
-    during_fit = peak_rss_mib()
+    algorithm = {"fedavg": None, "fedprox": FedProx(0.01), "scaffold": Scaffold(1.0)}[args.client_algorithm]
+    with tempfile.TemporaryDirectory(prefix="memory_clients-") as state_dir:
+        strategy = FedAvgStrategy(
+            num_clients=num_clients,
+            clients_per_round=min(args.per_round, num_clients),
+            local_epochs=args.local_epochs,
+            partition="iid",
+            seed=args.seed,
+            client_algorithm=algorithm,
+            client_state_dir=state_dir,  # not under the working directory (the default root)
+        )
+        probe = make_disk_probe(Path(state_dir))
+        trainer = bench_trainer(
+            strategy=strategy, devices=1, max_epochs=args.rounds, limit_val_batches=0, callbacks=[probe]
+        )
+        loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
+        with no_worker_warning():
+            trainer.fit(module, train_dataloaders=loader)
+        during_fit = peak_rss_mib()
+        left_after_fit = dir_usage(Path(state_dir))[0]  # the strategy removes its run directory at the end
+    params = sum(p.numel() for p in module.parameters())
+    last = probe.rounds[-1] if probe.rounds else {}
     return {
         "clients": num_clients,
         "peak_rss_mib": max(before_fit, during_fit),
@@ -108,6 +166,15 @@ def child(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
         "fit_peak_rss_mib": during_fit if can_reset else None,
         "rounds_done": trainer.current_epoch,
         "train_samples": len(y),
+        "params": params,
+        "client_state_per_round": probe.rounds,
+        "client_state_files": last.get("files", 0),
+        "client_state_bytes": last.get("apparent_bytes", 0),
+        "client_state_allocated_bytes": last.get("allocated_bytes", 0),
+        "client_state_metric_bytes": last.get("metric_bytes"),
+        "client_state_files_left_after_fit": left_after_fit,
+        # What the store reaches once every client has trained: one float32 vector per client.
+        "projected_all_clients_bytes": num_clients * 4 * params if args.client_algorithm == "scaffold" else 0,
     }
 
 
@@ -137,6 +204,8 @@ def child_command(args: argparse.Namespace, num_clients: int) -> list[str]:
         str(args.data),
         "--clients",
         str(num_clients),
+        "--client-algorithm",
+        args.client_algorithm,
     ]
     if args.synthetic:
         cmd.append("--synthetic")
@@ -150,6 +219,22 @@ def measure(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
         tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])
         sys.exit(f"error: the run with {num_clients} clients failed (exit {proc.returncode}):\n{tail}")
     return json.loads(lines[-1])
+
+
+def draw_with_disk(axes: list[Any], results: list[dict[str, Any]], rss: dict[str, tuple[list, list]]) -> None:
+    """Peak RSS against N, and the client-state disk: measured after the last round and all-clients bound."""
+    memory, disk = axes
+    for label, (xs, ys) in rss.items():
+        memory.plot(xs, ys, marker="o", label=label)
+    memory.set(xlabel="simulated clients N", ylabel="peak RSS (MiB)", title="Peak memory (SCAFFOLD)")
+    ns = [r["clients"] for r in results]
+    disk.plot(ns, [r["client_state_bytes"] / 1e6 for r in results], marker="o", label="measured after training")
+    disk.plot(ns, [r["projected_all_clients_bytes"] / 1e6 for r in results], marker="o", linestyle="--",
+              label="every client trained (N x 4 x params)")  # fmt: skip
+    disk.set(xlabel="simulated clients N", ylabel="MB on disk", title="SCAFFOLD control variates on disk")
+    disk.set_yscale("log")
+    for ax in axes:
+        ax.set_xscale("log")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -190,6 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "synthetic": bool(args.synthetic),
             "partition": "iid",
             "model": "ImageClassifier(mcmahan_cnn)",
+            "client_algorithm": args.client_algorithm,
         },
         "results": results,
         "ratio_largest_vs_smallest": worst,
@@ -197,21 +283,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         "passed": passed,
     }
     write_json(args.json, payload)
-    plot_lines(
-        args.png,
-        {
-            name: ([r["clients"] for r in results], [r[key] if r[key] is not None else float("nan") for r in results])
-            for name, key in (
-                ("peak RSS (process)", "peak_rss_mib"),
-                ("RSS before fit", "before_fit_rss_mib"),
-                ("peak RSS during fit", "fit_peak_rss_mib"),
-            )
-        },
-        "simulated clients N",
-        "peak RSS (MiB)",
-        "Peak memory vs number of simulated clients",
-        logx=True,
-    )
+    rss_series = {
+        name: ([r["clients"] for r in results], [r[key] if r[key] is not None else float("nan") for r in results])
+        for name, key in (
+            ("peak RSS (process)", "peak_rss_mib"),
+            ("RSS before fit", "before_fit_rss_mib"),
+            ("peak RSS during fit", "fit_peak_rss_mib"),
+        )
+    }
+    if args.client_algorithm == "scaffold":
+        save_figure(args.png, lambda axes: draw_with_disk(axes, results, rss_series), panels=2)
+    else:
+        plot_lines(
+            args.png,
+            rss_series,
+            "simulated clients N",
+            "peak RSS (MiB)",
+            "Peak memory vs number of simulated clients"
+            + ("" if args.client_algorithm == "fedavg" else f" ({args.client_algorithm})"),
+            logx=True,
+        )
     print(
         f"\nratio {results[-1]['clients']} vs {results[0]['clients']} clients: {worst:.3f} "
         f"(target <= {TARGET_RATIO}) -> {'PASS' if passed else 'MISS'}"
@@ -243,6 +334,24 @@ def main(argv: Optional[list[str]] = None) -> int:
             ],
         )
     )
+    if args.client_algorithm == "scaffold":
+        print(f"\nclient-state disk at the end of training ({args.rounds} rounds), and with every client trained:")
+        print(
+            format_table(
+                ["clients", "files", "disk MB", "allocated MB", "fl/client_state_bytes MB", "all clients MB"],
+                [
+                    [
+                        r["clients"],
+                        r["client_state_files"],
+                        r["client_state_bytes"] / 1e6,
+                        r["client_state_allocated_bytes"] / 1e6,
+                        "n/a" if r["client_state_metric_bytes"] is None else r["client_state_metric_bytes"] / 1e6,
+                        r["projected_all_clients_bytes"] / 1e6,
+                    ]
+                    for r in results
+                ],
+            )
+        )
     return 0
 
 
