@@ -14,6 +14,7 @@ from lightning_fl.federated.attacks import LabelFlip, ModelPoisoning
 from lightning_fl.federated.client_algorithms import FedNova, FedProx, Scaffold
 from lightning_fl.federated.privacy import CentralDP
 from lightning_fl.federated.robust import Krum, Median, NormBound, TrimmedMean
+from lightning_fl.federated.secure import SecureAggregation
 from lightning_fl.federated.server_optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fl.strategies import FedAvgStrategy, ParameterServerStrategy
 
@@ -36,6 +37,7 @@ __all__ = [
     "NormBound",
     "ParameterServerStrategy",
     "Scaffold",
+    "SecureAggregation",
     "TrimmedMean",
     "__version__",
 ]

@@ -29,6 +29,7 @@ class RoundPlan:
     round_clients: int  # clients trained in the round, all ranks together
     round_samples: int  # Σ nᵢ over the round's clients, all ranks together
     round_client_ids: tuple[int, ...] = ()  # every client of the round, in sampled order
+    round_owner_ranks: tuple[int, ...] = ()  # the rank that trains each of them
     starts_at: dict[int, ClientJob] = field(default_factory=dict, compare=False)
     ends_at: dict[int, ClientJob] = field(default_factory=dict, compare=False)
 
@@ -76,6 +77,10 @@ def plan_round(
     if owners is None:
         owners = assign_longest_first(client_steps, world_size)
     rank_steps = [sum(client_steps[p] for p in positions) for positions in owners]
+    owner_of = [0] * len(client_ids)
+    for r, positions in enumerate(owners):
+        for p in positions:
+            owner_of[p] = r
     jobs = []
     step = 0
     for pos in owners[rank]:
@@ -88,4 +93,5 @@ def plan_round(
         round_clients=len(client_ids),
         round_samples=sum(client_sizes),
         round_client_ids=tuple(client_ids),
+        round_owner_ranks=tuple(owner_of),
     )

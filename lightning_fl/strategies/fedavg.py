@@ -63,6 +63,7 @@ from lightning_fl.federated.privacy.central_dp import CentralDP
 from lightning_fl.federated.robust import InsufficientUpdatesError, Krum, Median, NormBound, TrimmedMean
 from lightning_fl.federated.sampling import num_client_steps, sample_clients, straggler_steps
 from lightning_fl.federated.schedule import ClientJob, RoundPlan, plan_round
+from lightning_fl.federated.secure import SecAggRound, SecureAggregation, SecureAggregationError
 from lightning_fl.federated.server_optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fl.federated.server_update import ServerOptimizerFactory, ServerUpdate
 from lightning_fl.model_state import FlatModelState, split_like
@@ -121,6 +122,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         max_update_norm: reject (and count) a client whose update (weights − global) is longer than this.
         min_clients: a round in which fewer clients survive keeps the previous global model.
         max_skipped_rounds: stop training after this many consecutive rounds below ``min_clients``.
+        secure_aggregation: ``SecureAggregation(clip_range, neighbors, threshold, ...)``: every update is
+            quantized and pairwise-masked (SecAgg+ over X25519 keys), so what leaves a process is masked;
+            failed clients are recovered from Shamir shares (needs ``lightning-fl[secure]``).
         skip_nonfinite_updates: drop a client whose weights hold NaN/inf after training (reported as
             ``fl/rejected_clients``) instead of failing the run. The global model is never corrupted.
         timeout: collective timeout (a ``timedelta`` or seconds); a dead rank ends the job after this
@@ -152,6 +156,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         max_update_norm: Optional[float] = None,
         min_clients: int = 1,
         max_skipped_rounds: Optional[int] = None,
+        secure_aggregation: Optional[SecureAggregation] = None,
         skip_nonfinite_updates: bool = True,
         accelerator: Any = None,
         parallel_devices: Optional[list[torch.device]] = None,
@@ -219,7 +224,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 is_int(max_skipped_rounds) and max_skipped_rounds >= 1,
                 f"max_skipped_rounds must be an integer >= 1, got {max_skipped_rounds}",
             )
-        _check_composition(client_algorithm, privacy, aggregator, attack)
+        check(
+            secure_aggregation is None or isinstance(secure_aggregation, SecureAggregation),
+            f"secure_aggregation must be None or SecureAggregation(...), got {type(secure_aggregation).__name__}",
+        )
+        _check_composition(client_algorithm, privacy, aggregator, attack, secure_aggregation)
         check(
             server_optimizer is None or callable(server_optimizer),
             "server_optimizer must be None or a callable that builds a torch.optim.Optimizer from parameters",
@@ -249,6 +258,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self.max_update_norm = None if max_update_norm is None else float(max_update_norm)
         self.min_clients = int(min_clients)
         self.max_skipped_rounds = max_skipped_rounds
+        self.secure_aggregation = secure_aggregation
+        self._secagg: Optional[SecAggRound] = None
+        self._secagg_dropped = 0
         self.partition = partition
         self.alpha = float(alpha)
         self.shards_per_client = int(shards_per_client)
@@ -413,6 +425,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 raise FederatedConfigError(f"privacy: {self.privacy.stop_reason()}")
         if self.aggregator is not None:
             self.aggregator.check_cohort(self.sampled_per_round)
+        if self.secure_aggregation is not None:
+            self.secure_aggregation.validate_cohort(self.sampled_per_round)
         # One buffer, one all-reduce per round: [Σ w·x | Σ w | rejected | the parts' own sums]. A holding
         # aggregator combines the updates themselves, so the buffer then carries only the counts.
         extra = {"clients": 1, "failed": 1}
@@ -421,7 +435,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         if self.privacy is not None:
             extra["privacy/unclipped"] = 1
         self._sum = WeightedSum(
-            0 if self._holds_updates else state.numel, dtype=state.dtype, device=self.root_device, extra=extra
+            0 if self._sums_elsewhere else state.numel, dtype=state.dtype, device=self.root_device, extra=extra
         )
         self._update = torch.empty_like(self._global) if self._sums_updates else None
         self._skipped_in_a_row = 0
@@ -442,11 +456,17 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             or self.aggregator is not None
             or isinstance(self.attack, ModelPoisoning)
             or self.max_update_norm is not None
+            or self.secure_aggregation is not None
         )
 
     @property
     def _holds_updates(self) -> bool:
         return bool(getattr(self.aggregator, "holds_updates", False))
+
+    @property
+    def _sums_elsewhere(self) -> bool:
+        """The update sum is not in the round buffer: a robust aggregator or secure aggregation combines it."""
+        return self._holds_updates or self.secure_aggregation is not None
 
     def _open_store(self, name: str, numel: int) -> ClientStateStore:
         """A per-client store under this fit's own directory (created by rank 0, shared by all ranks)."""
@@ -760,6 +780,13 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             if self._held is None or self._held.shape[0] < rows:
                 self._held = torch.empty(rows, self._global.numel(), dtype=self._global.dtype, device=self._global.device)
             self._held_ids = []
+        if self.secure_aggregation is not None:
+            self._secagg = SecAggRound(
+                self.secure_aggregation, plan.round_idx, plan.round_client_ids, plan.round_owner_ranks,
+                numel=self._global.numel(), rank=self.global_rank, world_size=self.world_size,
+                seed=self.seed, device=self.root_device,
+            )
+            self._secagg.setup()  # key exchange and shares: collectives every rank makes at its round's start
         for job in plan.idle_jobs:  # too small for one batch: contributes the global model unchanged
             self._accept(job.client_id, None, job.num_samples / plan.round_samples)
 
@@ -820,8 +847,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         """Fold one client's contribution into the round. ``update`` None: the global model unchanged."""
         total = self._sum
         assert total is not None and self._global is not None
-        total.extra["clients"] += 1
         if not self._sums_updates:
+            total.extra["clients"] += 1
             total.add_(self._global, weight)
             return
         if update is None:  # an idle client did no step: nothing for its algorithm to record
@@ -834,13 +861,23 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             update, unclipped = self.privacy.clip(update)
             total.extra["privacy/unclipped"] += float(unclipped)
             weight = 1.0  # uniform weights: one client's influence is bounded by the clip norm
-        if self._holds_updates:
+        if self._secagg is not None:
+            # Integer weights inside the masked sum: samples (or 1 under DP); the update is pre-weighted.
+            plan = self._plan
+            assert plan is not None
+            units = 1 if self.privacy is not None else round(weight * plan.round_samples)
+            scaled = update if self.privacy is not None else update * weight
+            if not self._secagg.add(client_id, scaled, weight=units):
+                total.extra["failed"] += 1  # a simulated dropout: recovered at finish()
+                return
+        elif self._holds_updates:
             assert self._held is not None
             self._held[len(self._held_ids)].copy_(update)
             self._held_ids.append(client_id)
             total.add_weight_(weight)
         else:
             total.add_(update, weight)
+        total.extra["clients"] += 1
 
     def _end_round(self, plan: RoundPlan) -> None:
         state = self._model_state
@@ -875,6 +912,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         }
         if self._malicious:
             self.round_stats["fl/malicious_clients"] = float(len(self._malicious))
+        if self.secure_aggregation is not None:
+            self.round_stats["fl/secagg_recovered_clients"] = float(self._secagg_dropped)
         if self.privacy is not None:
             self.round_stats.update(self.privacy.metrics())
         self._after_round(plan, skipped)
@@ -889,13 +928,25 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         """The round's average (of weights or of changes) from the all-reduced sums, or ``None`` to keep the
         global model; every rank reaches the same decision from the same sums."""
         reason = None
+        summed: Optional[torch.Tensor] = total.values
+        if self._secagg is not None:
+            secagg, self._secagg = self._secagg, None
+            try:  # every rank gets the same result or the same error
+                result = secagg.finish()
+            except (SecureAggregationError, FederatedConfigError) as error:
+                rank_zero_warn(f"lightning_fl: round {plan.round_idx}: {' '.join(str(error).split())}; the global model is unchanged")
+                return None, True
+            summed = result.sum.to(self._global.dtype)  # type: ignore[union-attr]
+            self._secagg_dropped = len(result.dropped)
+            if self.privacy is None and result.weight > 0:
+                return summed.mul_(plan.round_samples / result.weight), False
         if accepted < self.min_clients:
             reason = f"{accepted} client(s) survived, fewer than min_clients={self.min_clients}"
         elif self.privacy is not None:  # even a round without survivors is noised and counted
             secure = self.privacy.secure_noise and self.world_size > 1
-            noise = self._broadcast(self.privacy.noise(total.values.numel(), self.seed, plan.round_idx)) if secure else None
+            noise = self._broadcast(self.privacy.noise(summed.numel(), self.seed, plan.round_idx)) if secure else None
             average = self.privacy.finish(
-                total.values, float(total.extra["privacy/unclipped"]), accepted, self.seed, plan.round_idx, noise=noise
+                summed, float(total.extra["privacy/unclipped"]), accepted, self.seed, plan.round_idx, noise=noise
             )
             return average, False
         elif self._holds_updates:
@@ -1047,9 +1098,19 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
 
 
 def _check_composition(
-    algorithm: Optional[ClientAlgorithm], privacy: Optional[CentralDP], aggregator: Any, attack: Any
+    algorithm: Optional[ClientAlgorithm], privacy: Optional[CentralDP], aggregator: Any, attack: Any, secure: Any = None
 ) -> None:
     """Combinations of parts that cannot serve each other, refused with the reason."""
+    if secure is not None and algorithm is not None and type(algorithm) in (Scaffold, FedNova):
+        raise FederatedConfigError(
+            f"secure_aggregation masks the model updates, but client_algorithm={algorithm.name} also sends per-process "
+            "sums it would leave unmasked (control variates or step counts); use FedProx or no client algorithm"
+        )
+    if secure is not None and getattr(aggregator, "holds_updates", False):
+        raise FederatedConfigError(
+            f"secure_aggregation reveals only the sum of the updates; aggregator={aggregator!r} needs each update: "
+            "use one or the other (NormBound composes with it)"
+        )
     if privacy is not None and algorithm is not None and type(algorithm) in (Scaffold, FedNova):
         raise FederatedConfigError(
             f"privacy=CentralDP bounds each client's model update, but client_algorithm={algorithm.name} also sends "
