@@ -12,6 +12,7 @@ Importing it pulls in torch and Lightning but never Hydra: only ``lightning_fl.c
 from lightning_fl.errors import FederatedConfigError
 from lightning_fl.federated.attacks import LabelFlip, ModelPoisoning
 from lightning_fl.federated.client_algorithms import FedNova, FedProx, Scaffold
+from lightning_fl.federated.compression import Quantize, TopK
 from lightning_fl.federated.privacy import CentralDP
 from lightning_fl.federated.robust import Krum, Median, NormBound, TrimmedMean
 from lightning_fl.federated.secure import SecureAggregation
@@ -36,8 +37,10 @@ __all__ = [
     "ModelPoisoning",
     "NormBound",
     "ParameterServerStrategy",
+    "Quantize",
     "Scaffold",
     "SecureAggregation",
+    "TopK",
     "TrimmedMean",
     "__version__",
 ]

@@ -58,6 +58,13 @@ from lightning_fl.federated.client_algorithms import (
     TrainingSetup,
 )
 from lightning_fl.federated.client_state import ClientStateStore
+from lightning_fl.federated.compression import (
+    CompressedUploads,
+    Quantize,
+    TopK,
+    client_generator,
+    compress_with_feedback,
+)
 from lightning_fl.federated.partition import PARTITIONS, Partition, dataset_labels, make_partition
 from lightning_fl.federated.privacy.central_dp import CentralDP
 from lightning_fl.federated.robust import InsufficientUpdatesError, Krum, Median, NormBound, TrimmedMean
@@ -125,6 +132,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         secure_aggregation: ``SecureAggregation(clip_range, neighbors, threshold, ...)``: every update is
             quantized and pairwise-masked (SecAgg+ over X25519 keys), so what leaves a process is masked;
             failed clients are recovered from Shamir shares (needs ``lightning-fl[secure]``).
+        compression: ``Quantize(bits)`` or ``TopK(fraction)`` (``lightning_fl.federated.compression``): each
+            client uploads its compressed update (error feedback: the residual stays with the client, on
+            disk, for its next round); uploads are all-gathered and decoded on every process.
         skip_nonfinite_updates: drop a client whose weights hold NaN/inf after training (reported as
             ``fl/rejected_clients``) instead of failing the run. The global model is never corrupted.
         timeout: collective timeout (a ``timedelta`` or seconds); a dead rank ends the job after this
@@ -157,6 +167,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         min_clients: int = 1,
         max_skipped_rounds: Optional[int] = None,
         secure_aggregation: Optional[SecureAggregation] = None,
+        compression: Optional[Quantize | TopK] = None,
         skip_nonfinite_updates: bool = True,
         accelerator: Any = None,
         parallel_devices: Optional[list[torch.device]] = None,
@@ -228,7 +239,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             secure_aggregation is None or isinstance(secure_aggregation, SecureAggregation),
             f"secure_aggregation must be None or SecureAggregation(...), got {type(secure_aggregation).__name__}",
         )
-        _check_composition(client_algorithm, privacy, aggregator, attack, secure_aggregation)
+        check(
+            compression is None or isinstance(compression, (Quantize, TopK)),
+            f"compression must be None, Quantize(bits) or TopK(fraction), got {type(compression).__name__}",
+        )
+        _check_composition(client_algorithm, privacy, aggregator, attack, secure_aggregation, compression)
         check(
             server_optimizer is None or callable(server_optimizer),
             "server_optimizer must be None or a callable that builds a torch.optim.Optimizer from parameters",
@@ -261,6 +276,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self.secure_aggregation = secure_aggregation
         self._secagg: Optional[SecAggRound] = None
         self._secagg_dropped = 0
+        self.compression = compression
+        self._uploads: Optional[CompressedUploads] = None
+        self._exchange_bytes = 0
         self.partition = partition
         self.alpha = float(alpha)
         self.shards_per_client = int(shards_per_client)
@@ -439,6 +457,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         )
         self._update = torch.empty_like(self._global) if self._sums_updates else None
         self._skipped_in_a_row = 0
+        self._uploads = None
+        if self.compression is not None:
+            self._uploads = CompressedUploads(self.compression, state.numel, device=self.root_device)
+            if self.compression.error_feedback:
+                self._open_store("compression_residual", state.numel)
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
@@ -457,6 +480,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             or isinstance(self.attack, ModelPoisoning)
             or self.max_update_norm is not None
             or self.secure_aggregation is not None
+            or self.compression is not None
         )
 
     @property
@@ -466,7 +490,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
     @property
     def _sums_elsewhere(self) -> bool:
         """The update sum is not in the round buffer: a robust aggregator or secure aggregation combines it."""
-        return self._holds_updates or self.secure_aggregation is not None
+        return self._holds_updates or self.secure_aggregation is not None or self.compression is not None
 
     def _open_store(self, name: str, numel: int) -> ClientStateStore:
         """A per-client store under this fit's own directory (created by rank 0, shared by all ranks)."""
@@ -787,6 +811,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 seed=self.seed, device=self.root_device,
             )
             self._secagg.setup()  # key exchange and shares: collectives every rank makes at its round's start
+        if self._uploads is not None:
+            self._uploads.reset()
         for job in plan.idle_jobs:  # too small for one batch: contributes the global model unchanged
             self._accept(job.client_id, None, job.num_samples / plan.round_samples)
 
@@ -861,7 +887,19 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             update, unclipped = self.privacy.clip(update)
             total.extra["privacy/unclipped"] += float(unclipped)
             weight = 1.0  # uniform weights: one client's influence is bounded by the clip norm
-        if self._secagg is not None:
+        if self._uploads is not None:
+            plan = self._plan
+            assert plan is not None
+            store = self._stores.get("compression_residual")
+            payload, residual = compress_with_feedback(
+                update, None if store is None else store.load(client_id, self._global.device), self.compression,
+                client_generator(self.seed, plan.round_idx, client_id),
+            )
+            if store is not None and residual is not None:
+                store.save(client_id, residual)
+            # The key orders the decoded sum: the client's place in the round's sample, whatever the rank.
+            self._uploads.add(plan.round_client_ids.index(client_id), weight, payload)
+        elif self._secagg is not None:
             # Integer weights inside the masked sum: samples (or 1 under DP); the update is pre-weighted.
             plan = self._plan
             assert plan is not None
@@ -893,7 +931,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         rejected, failed = total.rejected, int(total.extra["failed"])
         accepted = int(total.extra["clients"])
         total_weight = total.total_weight
+        self._exchange_bytes = 0
         average, skipped = self._round_average(plan, total, accepted)
+        comm_bytes += self._exchange_bytes  # compressed uploads or the masked sum, when they travel apart
         if average is not None:
             self._server_step(average, total_weight)
             assert self._global_ints is not None and self._int_max is not None
@@ -929,6 +969,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         global model; every rank reaches the same decision from the same sums."""
         reason = None
         summed: Optional[torch.Tensor] = total.values
+        if self._uploads is not None:
+            uploads = self._uploads.exchange()
+            self._exchange_bytes = uploads.bytes_sent
+            if uploads.total_weight > 0 and accepted >= self.min_clients:
+                return uploads.values.to(self._global.dtype).div_(uploads.total_weight), False  # type: ignore[union-attr]
         if self._secagg is not None:
             secagg, self._secagg = self._secagg, None
             try:  # every rank gets the same result or the same error
@@ -938,6 +983,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 return None, True
             summed = result.sum.to(self._global.dtype)  # type: ignore[union-attr]
             self._secagg_dropped = len(result.dropped)
+            self._exchange_bytes = sum(result.bytes_sent.values())
             if self.privacy is None and result.weight > 0:
                 return summed.mul_(plan.round_samples / result.weight), False
         if accepted < self.min_clients:
@@ -1098,9 +1144,23 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
 
 
 def _check_composition(
-    algorithm: Optional[ClientAlgorithm], privacy: Optional[CentralDP], aggregator: Any, attack: Any, secure: Any = None
+    algorithm: Optional[ClientAlgorithm],
+    privacy: Optional[CentralDP],
+    aggregator: Any,
+    attack: Any,
+    secure: Any = None,
+    compression: Any = None,
 ) -> None:
     """Combinations of parts that cannot serve each other, refused with the reason."""
+    if compression is not None:
+        for name, part, why in (
+            ("secure_aggregation", secure, "masks can only be summed, and compressed uploads are decoded one by one"),
+            ("privacy", privacy, "error feedback would carry unclipped, unnoised residuals between rounds"),
+            ("aggregator", aggregator if getattr(aggregator, "holds_updates", False) else None,
+             "robust rules over decoded uploads are not wired yet"),
+        ):
+            if part is not None:
+                raise FederatedConfigError(f"compression={compression!r} cannot be combined with {name}={part!r}: {why}")
     if secure is not None and algorithm is not None and type(algorithm) in (Scaffold, FedNova):
         raise FederatedConfigError(
             f"secure_aggregation masks the model updates, but client_algorithm={algorithm.name} also sends per-process "
