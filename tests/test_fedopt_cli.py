@@ -52,3 +52,19 @@ def test_bad_settings_are_one_line_errors(tmp_path, args, named):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("lightning-fl: error: ") and named in last, last
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        ["strategy/aggregator=median,trimmed_mean,krum,norm_bound", "strategy/attack=sign_flip"],
+        ["strategy/compression=quantize8,topk", "strategy/attack=label_flip"],
+        ["strategy/privacy=dp,dp_adaptive", "strategy/secure_aggregation=secagg", "strategy=fedprox"],
+    ],
+    ids=["aggregators", "compression", "privacy+secagg"],
+)
+def test_every_part_has_a_preset(tmp_path, sweep):
+    proc = lightning_fl(["-m", *sweep, *QUICK, f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sum(len(arg.split("=")[1].split(",")) for arg in sweep[:1])
+    assert proc.stdout.count("done after 1 rounds") == jobs

@@ -41,6 +41,17 @@ class FedAvgConfig:
     local_steps: Optional[int] = None
     stragglers: float = 0.0
     client_state_dir: Optional[str] = None
+    # Each None or {_target_: lightning_fl.<Part>, ...}: groups strategy/privacy, strategy/aggregator,
+    # strategy/attack, strategy/secure_aggregation, strategy/compression.
+    privacy: Optional[Any] = None
+    aggregator: Optional[Any] = None
+    attack: Optional[Any] = None
+    on_client_error: str = "skip"
+    max_update_norm: Optional[float] = None
+    min_clients: int = 1
+    max_skipped_rounds: Optional[int] = None
+    secure_aggregation: Optional[Any] = None
+    compression: Optional[Any] = None
     skip_nonfinite_updates: bool = True
     process_group_backend: Optional[str] = None
     timeout: float = 1800.0
