@@ -133,6 +133,7 @@ class RunConfig:
     ckpt_path: Optional[str] = None  # resume from this checkpoint, a run directory (its last.ckpt), or "last"
     logger: Any = None  # group `logger`: csv, tensorboard, mlflow, wandb
     callbacks: Any = None  # group `callbacks`: {name: callback config}
+    plots: bool = True  # write PNG figures into the run directory's plots/ when matplotlib is installed
 
 
 def _seed_or(default: Any, *, _root_: Any) -> int:

@@ -196,7 +196,26 @@ def train(cfg: DictConfig) -> float | None:
         unit = "rounds" if hasattr(strategy, "round_stats") else "epochs"
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"lightning-fl: done after {rounds} {unit}: {shown}; outputs in {output_dir}", flush=True)
+        if cfg.get("plots", True):
+            _write_figures(output_dir)
     return metrics.get("val_acc")
+
+
+def _write_figures(output_dir: str) -> None:
+    """Curves of the run as PNGs in ``plots/`` (``lightning-fl-plot`` makes them later, or for sweeps)."""
+    from pathlib import Path
+
+    from lightning_fl.plotting import MatplotlibMissing, write_run_figures
+
+    try:
+        written = write_run_figures(Path(output_dir))
+    except MatplotlibMissing:
+        return  # an optional extra: the run itself is complete without figures
+    except (OSError, ValueError) as error:  # no CSV logs (logger=null/tensorboard), nothing to draw
+        print(f"lightning-fl: no figures: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        return
+    if written:
+        print(f"lightning-fl: figures in {Path(written[0]).parent}", flush=True)
 
 
 def _resume_path(ckpt_path: str | None) -> str | None:
