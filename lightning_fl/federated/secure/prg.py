@@ -9,6 +9,8 @@ a keystream (GB/s in OpenSSL) and one in-place add.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -28,9 +30,29 @@ def keystream_words(key: bytes, numel: int) -> np.ndarray:
     return np.frombuffer(stream, dtype="<u4")
 
 
+_SCRATCH = threading.local()  # per thread: ranks simulated as threads must not share a keystream buffer
+
+
+def _scratch(nbytes: int) -> tuple[memoryview, bytearray]:
+    """A zero input and an output buffer of at least ``nbytes``, reused across masks: a fresh 4·numel
+    allocation (and its page faults) per mask cost about as much as the keystream itself."""
+    zeros = getattr(_SCRATCH, "zeros", b"")
+    if len(zeros) < nbytes:
+        _SCRATCH.zeros, _SCRATCH.out = bytes(nbytes), bytearray(nbytes)
+    return memoryview(_SCRATCH.zeros)[:nbytes], _SCRATCH.out
+
+
 def add_mask_(ring: np.ndarray, key: bytes, sign: int) -> None:
     """``ring ← ring + sign · PRG(key)  (mod 2^32)`` in place, for a uint32 array and sign ±1."""
-    words = keystream_words(key, ring.size)
+    check(len(key) == KEY_BYTES, f"mask_vector: key must be {KEY_BYTES} bytes, got {len(key)}")
+    require_cryptography()
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    if not ring.size:
+        return
+    zeros, out = _scratch(4 * ring.size)
+    Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update_into(zeros, out)
+    words = np.frombuffer(out, dtype="<u4", count=ring.size)  # the same words as keystream_words(key, size)
     if sign > 0:
         np.add(ring, words, out=ring)
     else:

@@ -285,10 +285,10 @@ class SecAggRound:
             f"SecAggRound: weight must be an integer in [0, {self.max_weight}], got {weight!r}",
         )
         rng = generator(self.seed, "secagg-quantize", self.round_idx, client_id)
-        codes, out_of_range = self.fixed_point.quantize(update, rng)
+        codes, out_of_range = self.fixed_point.encode(update, rng)
         self.local_out_of_range[client_id] = out_of_range
         vec = np.empty(self.numel + 2, dtype=np.uint32)
-        vec[: self.numel] = codes.numpy()  # codes are in [0, L] ⊂ [0, 2^32)
+        vec[: self.numel] = codes  # integral float64 in [0, L] ⊂ [0, 2^32): the cast is exact
         vec[self.numel :] = (weight, int(out_of_range > 0))
         for j in self.graph[client_id]:
             if self.masked_pair(client_id, j):
