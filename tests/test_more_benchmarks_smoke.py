@@ -59,8 +59,8 @@ def test_communication_quick(tmp_path: Path) -> None:
     for r in rows:
         p = r["params"]
         assert p == 795 * int(r["model"][4:]) + 10 and r["model_bytes"] == 4 * p
-        # 2 ranks: a ring all-reduce sends 2 (W-1)/W = 1 buffer of P weights + 2 bookkeeping floats.
-        assert r["fedavg_formula_bytes_per_rank_round"] == 4 * (p + 2)
+        # 2 ranks: a ring all-reduce sends 2 (W-1)/W = 1 buffer: P weights + Σw, rejected, clients, failed.
+        assert r["fedavg_formula_bytes_per_rank_round"] == 4 * (p + 4)
         # Push + pull of the padded flat parameters on gloo: the push (reduce-scatter, run as an all-reduce)
         # sends 2 (W-1)/W = 1 buffer, the pull (all-gather) (W-1)/W = 1/2: 1.5 buffers per step.
         padded = -(-p // 2) * 2
@@ -74,6 +74,35 @@ def test_communication_quick(tmp_path: Path) -> None:
         else:
             assert r["fedavg_measured_bytes_per_rank_round"] is None
     assert set(result["collectives_ring_formula"]) == {"all_reduce", "reduce_scatter_tensor", "all_gather_into_tensor"}
+    _check_compressed(result)
+
+
+def _check_compressed(result: dict[str, Any]) -> None:
+    """The compressed-update rows (issue 13): what is logged follows the exchange's formula exactly."""
+    from lightning_fl.federated.compression import Quantize, TopK, exchange_bytes
+
+    rows = {r["compression"]: r for r in result["compressed"]}
+    assert list(rows) == ["none", "q8", "topk0.01"] and all(r["clients_per_rank"] == 1 for r in rows.values())
+    p = rows["none"]["params"]
+    assert p == 795 * 126 + 10
+    extra = {}
+    for spec, comp in (("q8", Quantize(8)), ("topk0.01", TopK(0.01))):
+        r = rows[spec]
+        assert r["upload_bytes_per_client"] == comp.compressed_nbytes(p)
+        # The exchange (one record per rank) plus a small all-reduce of the round's bookkeeping values.
+        extra[spec] = r["logged_bytes_per_rank_round"] - exchange_bytes(1, comp, p, 2)
+        assert 0 <= extra[spec] <= 64, r
+    assert extra["q8"] == extra["topk0.01"]
+    assert 3.9 < rows["q8"]["logged_reduction_vs_none"] < 4.0 and 45 < rows["topk0.01"]["logged_reduction_vs_none"] < 50
+    if result["config"]["lo_readable"] and result["config"]["isolated_netns"]:
+        for r in rows.values():
+            assert 0.95 < r["measured_over_logged"] < 1.6, r  # small payloads: per-call framing shows
+    assert isinstance(result["compressed_passed"], bool)
+    # The formula table's first row (1 client per process) is what was logged.
+    first = result["compressed_formulas_w2"][0]
+    assert first["clients_per_rank"] == 1
+    for spec, r in rows.items():
+        assert first[spec]["bytes_per_rank_round"] == r["logged_bytes_per_rank_round"], spec
 
 
 def test_ps_throughput_quick(tmp_path: Path) -> None:
