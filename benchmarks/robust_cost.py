@@ -25,6 +25,7 @@ compared too (round time (b)/(c) minus (a) against the client's own training tim
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import resource
@@ -156,7 +157,9 @@ def child(args: argparse.Namespace) -> int:
             aggregator=RULES[rule](clients), timeout=600,
         )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="fl-robust-cost-") as root, no_worker_warning():
-            trainer = bench_trainer(strategy=strategy, devices=args.devices, max_epochs=args.rounds, default_root_dir=root)
+            trainer = bench_trainer(
+                strategy=strategy, devices=args.devices, max_epochs=args.rounds, default_root_dir=root
+            )
             trainer.fit(module, train_dataloaders=DataLoader(train, batch_size=IMAGES_PER_CLIENT))
         params = sum(p.numel() for p in module.parameters())
         out.append({"rule": rule, "devices": args.devices, "clients": clients, "params": params,
@@ -167,8 +170,6 @@ def child(args: argparse.Namespace) -> int:
 
 
 def write_json_quiet(path: Path, payload: dict[str, Any]) -> None:
-    import json
-
     Path(path).write_text(json.dumps(payload))
 
 
@@ -183,7 +184,9 @@ class ClientTimes(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._round0 = (time.perf_counter(), time.thread_time())
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._t0 = (time.perf_counter(), time.thread_time())
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -268,7 +271,8 @@ def aggregation(args: argparse.Namespace) -> list[dict[str, Any]]:
         row = {
             "rule": rule, "devices": devices, "clients": got["clients"], "params": got["params"],
             "child_wall_s": child_wall,
-            "held_updates_mb": [r[0]["clients"] * got["params"] * 4 / MB for r in per_rank],
+            # The round's updates a holding rule keeps (float32); the mean streams them into one sum.
+            "held_updates_mb": [r[0]["clients"] * got["params"] * 4 / MB * (rule != "mean") for r in per_rank],
             "rss_before_mb": [r[0]["rss_before"] / MB for r in per_rank],
             "extra_peak_mb": [(r[0]["hwm_after"] - r[0]["rss_before"]) / MB for r in per_rank],
             "maxrss_mb": [r[-1]["maxrss"] / MB for r in per_rank],
@@ -286,11 +290,14 @@ def aggregation(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def draw(axes: list[Any], result: dict[str, Any]) -> None:
     agg = result["aggregation"]
-    labels = [f"{r['rule']}\nW={r['devices']}" for r in agg]
+    labels = [f"{r['rule']} W={r['devices']}" for r in agg]
     ax = axes[0]
-    ax.bar(range(len(agg)), [statistics.median(r["end_round_s"]) for r in agg], color=[f"C{r['devices']}" for r in agg])
-    ax.set_xticks(range(len(agg)), labels, fontsize=7)
-    ax.set(ylabel="round-end time, s (median over rounds)", title=f"aggregation of K={agg[0]['clients']} updates")
+    x = range(len(agg))
+    # CPU (last round, slowest rank) beside wall: on a shared machine the wall time is mostly waiting.
+    ax.bar([i - 0.2 for i in x], [r["end_round_s"][-1] for r in agg], 0.4, color="C7", label="wall")
+    ax.bar([i + 0.2 for i in x], [max(r["end_round_cpu_s"][-1]) for r in agg], 0.4, color="C0", label="CPU")
+    ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
+    ax.set(ylabel="round end, s (last round)", title=f"aggregation of K={agg[0]['clients']} updates")
     ax = axes[1]
     for i, r in enumerate(agg):
         base, extra = r["rss_before_mb"], r["extra_peak_mb"]
@@ -299,12 +306,12 @@ def draw(axes: list[Any], result: dict[str, Any]) -> None:
             x = i - 0.4 + w * (j + 0.5)
             ax.bar(x, b, w, color="C7", label="RSS before aggregation" if i == j == 0 else None)
             ax.bar(x, e, w, bottom=b, color="C3", label="extra peak" if i == j == 0 else None)
-    ax.set_xticks(range(len(agg)), labels, fontsize=7)
+    ax.set_xticks(range(len(agg)), labels, fontsize=7, rotation=30, ha="right")
     ax.set(ylabel="MB per process", title="peak RSS per process (one bar per rank)")
     fail = result.get("failing_client")
     if fail:
         ax = axes[2]
-        names = list(fail["variants"])
+        names = [n for n in ("healthy", "fails_first_step", "fails_last_step") if n in fail["variants"]]
         own = [statistics.median(fail["variants"][n]["client_cpu_s"]) for n in names]
         ax.bar(range(len(names)), own, color=["C0", "C1", "C2"])
         ax.set_xticks(range(len(names)), names, fontsize=7)
@@ -322,6 +329,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--fail-rounds", type=int, default=3, help="rounds per failing-client fit (round 0 is warm-up)")
     p.add_argument("--skip-failing", action="store_true", help="only the aggregation part")
     p.add_argument("--quick", action="store_true", help="smoke run: a linear model, 10 clients, 1 round")
+    p.add_argument("--from-json", type=Path, default=None, metavar="PATH",
+                   help="no measuring: redo the tables (and --json/--png) from a finished run's JSON")  # fmt: skip
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
     add_common_args(p)
@@ -344,6 +353,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:
+        report(args, json.loads(Path(args.from_json).read_text()))
+        return 0
     check_data(args.data, args.synthetic)
     apply_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -352,8 +364,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.child:
         return child(args)
     t0 = time.perf_counter()
-    print(f"aggregation: {args.clients} clients per round, {'linear model' if args.quick else 'McMahan CNN'}, "
-          f"{args.rounds} round(s) per fit", flush=True)
+    print(
+        f"aggregation: {args.clients} clients per round, {'linear model' if args.quick else 'McMahan CNN'}, "
+        f"{args.rounds} round(s) per fit",
+        flush=True,
+    )
     result: dict[str, Any] = {
         "benchmark": "robust_cost", "aggregation": aggregation(args),
         "config": {"rules": {r: repr(RULES[r](args.clients)) for r in args.rule_list}, "devices": args.device_list,
@@ -365,6 +380,12 @@ def main(argv: Optional[list[str]] = None) -> int:
               flush=True)  # fmt: skip
         result["failing_client"] = failing_client(args)
     result["total_wall_s"] = time.perf_counter() - t0
+    report(args, result)
+    return 0
+
+
+def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """JSON, figure, and the tables (printed last)."""
     write_json(args.json, result)
     save_figure(args.png, lambda axes: draw(axes, result), panels=3 if "failing_client" in result else 2,
                 size=(5, 3.6))  # fmt: skip
@@ -386,7 +407,6 @@ def main(argv: Optional[list[str]] = None) -> int:
               v["holds"]]
              for n, v in result["failing_client"]["verdict"].items()],
         ))  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":
