@@ -421,7 +421,9 @@ class _HoldingAggregator:
         return 1
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "last_stats")
+        # Settings only: what the last round selected or sent is run state, not configuration.
+        run_state = ("last_stats", "last_selected")
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in run_state)
         return f"{type(self).__name__}({args})"
 
 

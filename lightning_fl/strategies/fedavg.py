@@ -267,7 +267,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self.client_algorithm = copy.deepcopy(client_algorithm)
         self.client_state_dir = client_state_dir
         self.privacy = copy.deepcopy(privacy)
-        self.aggregator = aggregator
+        self.aggregator = copy.deepcopy(aggregator)  # it records the last round's selection and bytes
         self.attack = attack
         self.on_client_error = on_client_error
         self.max_update_norm = None if max_update_norm is None else float(max_update_norm)
