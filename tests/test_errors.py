@@ -137,7 +137,9 @@ def test_a_crashed_process_ends_the_job_instead_of_hanging(tmp_path):
     env = launch_env()
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, script, str(tmp_path / "out.pt"), "2", json.dumps({"num_clients": 4, "timeout": 60}),
+        # on_client_error="raise": the error ends the process, as a crash would (the default skips the client).
+        [sys.executable, script, str(tmp_path / "out.pt"), "2",
+         json.dumps({"num_clients": 4, "timeout": 60, "on_client_error": "raise"}),
          json.dumps({"module": {"crash_on_rank": 1}, "rounds": 3})],
         env=env, capture_output=True, text=True, timeout=240,
     )
