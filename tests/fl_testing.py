@@ -3,6 +3,7 @@ plain-PyTorch FedAvg loop to compare the strategy against."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -232,6 +233,7 @@ def run_script(tmp_path: Any, devices: int, strategy: dict, options: dict | None
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=str(tmp_path),  # the job's default_root_dir: nothing lands in the checkout
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out)
@@ -261,6 +263,8 @@ def fit_in_process(
         num_sanity_val_steps=0,
     )
     kwargs.update(trainer_kwargs)
+    # Files a fit may write (client_errors.log, client_state/) go to a temporary directory, not the checkout.
+    kwargs.setdefault("default_root_dir", tempfile.mkdtemp(prefix="lightning-fl-test-"))
     trainer = L.Trainer(strategy=strategy, **kwargs)
     trainer.fit(module, data, ckpt_path=ckpt_path)
     return trainer
