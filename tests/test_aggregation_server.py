@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from lightning_fl.federated.aggregation import WeightedSum, all_finite, weighted_average
-from lightning_fl.model_state import FlatModelState
 from lightning_fl.federated.server_update import ServerUpdate, pseudo_gradient
+from lightning_fl.model_state import FlatModelState
 
 
 def test_weighted_average_matches_the_fedavg_formula():

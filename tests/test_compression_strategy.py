@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from test_robust_strategy import MODULE, SETTINGS, apply, round_zero_updates
 
 from fl_testing import TinyData, fit_in_process, float_state, max_abs_diff, net_state, run_script, seeded_module
 from lightning_fl import (
@@ -21,7 +22,6 @@ from lightning_fl import (
 )
 from lightning_fl.federated.compression import allreduce_bytes, client_generator, exchange_bytes
 from lightning_fl.federated.sampling import sample_clients
-from test_robust_strategy import MODULE, SETTINGS, apply, round_zero_updates
 
 
 def fit(rounds=1, **kwargs):

@@ -6,7 +6,6 @@ shown to be uniform and uncorrelated with its updates in tests/test_secure_aggre
 from __future__ import annotations
 
 import pytest
-import torch
 
 from fl_testing import TinyData, fit_in_process, float_state, max_abs_diff, net_state, run_script, seeded_module
 from lightning_fl import CentralDP, FedAvgStrategy, FederatedConfigError, FedNova, FedProx, Median, Scaffold

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_fl.models import McMahanCNN
 from lightning_fl.federated.partition import Partition, make_partition
 from lightning_fl.federated.sampling import epoch_permutation, sample_clients
+from lightning_fl.models import McMahanCNN
 from lightning_fl.seeding import derive_seed
 
 EVAL_BATCH = 1000
