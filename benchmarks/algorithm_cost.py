@@ -31,7 +31,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `_common` when run as a script from anywhere
 
@@ -117,50 +117,51 @@ class TurnTimer(Callback):
         self.mark, self.cpu_mark = time.perf_counter(), time.thread_time()
 
 
-def make_algorithm(name: str, mu: float) -> Any:
-    return {"fedavg": None, "fedprox": FedProx(mu), "scaffold": Scaffold(1.0)}[name]
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    x, y = load_mnist_train(args.data, args.synthetic, args.clients * args.samples_per_client, args.seed)
-    torch.manual_seed(args.seed)
-    first = make_minimal_module(args.lr)
-    modules = [first] + [copy.deepcopy(first) for _ in VARIANTS[1:]]  # same initial weights
-    rounds = args.rounds + 1
-    n = len(VARIANTS)
-    schedule = [(r + i) % n for r in range(rounds) for i in range(n)]  # A B C, B C A, C A B, ...
-    turns = Turns(schedule)
-    timers = [TurnTimer(turns, i, name, verbose=not args.quiet) for i, name in enumerate(VARIANTS)]
+def interleave_fits(
+    names: Sequence[str],
+    make_strategy: Callable[[str, str], FedAvgStrategy],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    rounds: int,
+    lr: float,
+    seed: int,
+    verbose: bool,
+    timer: Callable[..., TurnTimer] = TurnTimer,
+) -> tuple[list[TurnTimer], list[torch.nn.Module], list[Optional[L.Trainer]]]:
+    """One fit per variant on the same data and initial weights, one round at a time in a rotating order
+    (A B C, B C A, C A B, ...), so machine noise hits every variant alike. ``make_strategy(name, state_dir)``
+    builds a variant's strategy. Returns the timers, trained modules and trainers; a failed fit ends the run
+    with its traceback."""
+    torch.manual_seed(seed)
+    first = make_minimal_module(lr)
+    modules = [first] + [copy.deepcopy(first) for _ in names[1:]]  # same initial weights
+    n = len(names)
+    turns = Turns([(r + i) % n for r in range(rounds) for i in range(n)])
+    timers = [timer(turns, i, name, verbose=verbose) for i, name in enumerate(names)]
+    trainers: list[Optional[L.Trainer]] = [None] * n
     errors: dict[str, str] = {}
-    state_root = tempfile.TemporaryDirectory(prefix="algorithm_cost-")  # SCAFFOLD's variates (same disk as /tmp)
+    state_root = tempfile.TemporaryDirectory(prefix="interleaved-fits-")  # per-client state (same disk as /tmp)
 
     def fit(i: int) -> None:
-        name = VARIANTS[i]
         turns.wait(i)
         try:
             timers[i].mark, timers[i].cpu_mark = time.perf_counter(), time.thread_time()
-            strategy = FedAvgStrategy(
-                num_clients=args.clients,
-                clients_per_round=args.per_round,
-                local_epochs=args.local_epochs,
-                partition="iid",
-                seed=args.seed,
-                client_algorithm=make_algorithm(name, args.mu),
-                client_state_dir=str(Path(state_root.name) / name),
-            )
-            trainer = bench_trainer(
+            strategy = make_strategy(names[i], str(Path(state_root.name) / names[i]))
+            trainers[i] = bench_trainer(
                 strategy=strategy, devices=1, max_epochs=rounds, limit_val_batches=0, callbacks=[timers[i]]
             )
             # The strategy replaces the sampler; shuffle=True is what a user would write.
-            loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
-            trainer.fit(modules[i], train_dataloaders=loader)
+            loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+            trainers[i].fit(modules[i], train_dataloaders=loader)
         except BaseException:
-            errors[name] = traceback.format_exc()
+            errors[names[i]] = traceback.format_exc()
         finally:
             turns.release(i, stop=True)
 
     with no_worker_warning(), state_root:
-        threads = [threading.Thread(target=fit, args=(i,), name=f"fit-{v}") for i, v in enumerate(VARIANTS)]
+        threads = [threading.Thread(target=fit, args=(i,), name=f"fit-{v}") for i, v in enumerate(names)]
         for t in threads:
             t.start()
         for t in threads:
@@ -168,6 +169,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if errors:
         name, tb = next(iter(errors.items()))
         sys.exit(f"error: the {name} fit failed:\n{tb}")
+    return timers, modules, trainers
+
+
+def paired_ratios(timers: Sequence[TurnTimer]) -> list[dict[str, list[float]]]:
+    """Each variant's measured rounds (the warm-up round 0 left out) and their ratios to the first variant's
+    round of the same index: the same stretch of machine load."""
+    base, cpu_base = timers[0].seconds[1:], timers[0].cpu_seconds[1:]
+    out = []
+    for timer in timers:
+        secs, cpu = timer.seconds[1:], timer.cpu_seconds[1:]
+        out.append({
+            "s_per_round": secs,
+            "cpu_s_per_round": cpu,
+            "ratio_per_round": [s / b for s, b in zip(secs, base)],
+            "cpu_ratio_per_round": [s / b for s, b in zip(cpu, cpu_base)],
+        })  # fmt: skip
+    return out
+
+
+def make_algorithm(name: str, mu: float) -> Any:
+    return {"fedavg": None, "fedprox": FedProx(mu), "scaffold": Scaffold(1.0)}[name]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    x, y = load_mnist_train(args.data, args.synthetic, args.clients * args.samples_per_client, args.seed)
+    rounds = args.rounds + 1
+
+    def make_strategy(name: str, state_dir: str) -> FedAvgStrategy:
+        return FedAvgStrategy(
+            num_clients=args.clients, clients_per_round=args.per_round, local_epochs=args.local_epochs,
+            partition="iid", seed=args.seed, client_algorithm=make_algorithm(name, args.mu), client_state_dir=state_dir,
+        )  # fmt: skip
+
+    timers, modules, _ = interleave_fits(
+        VARIANTS, make_strategy, x, y, batch_size=args.batch_size, rounds=rounds, lr=args.lr, seed=args.seed,
+        verbose=not args.quiet,
+    )  # fmt: skip
 
     partition = make_partition("iid", len(y), args.clients, args.seed)
     steps = sum(
@@ -176,10 +214,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     base, cpu_base = timers[0].seconds[1:], timers[0].cpu_seconds[1:]
     variants: dict[str, Any] = {}
-    for name, timer in zip(VARIANTS, timers):
-        secs, cpu = timer.seconds[1:], timer.cpu_seconds[1:]
-        ratios = [s / b for s, b in zip(secs, base)]  # paired by round: the same stretch of machine load
-        cpu_ratios = [s / b for s, b in zip(cpu, cpu_base)]
+    for name, timer, paired in zip(VARIANTS, timers, paired_ratios(timers)):
+        secs, cpu = paired["s_per_round"], paired["cpu_s_per_round"]
+        ratios, cpu_ratios = paired["ratio_per_round"], paired["cpu_ratio_per_round"]
         med = median(secs)
         variants[name] = {
             "s_per_round": secs,

@@ -25,12 +25,9 @@ With one process the exchange moves nothing: it is the decode and sum that every
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,18 +37,14 @@ import torch  # noqa: E402
 from _common import (  # noqa: E402
     add_common_args,
     apply_threads,
-    bench_trainer,
     check_data,
     format_table,
     load_mnist_train,
-    make_minimal_module,
     median,
-    no_worker_warning,
     save_figure,
     write_json,
 )
-from algorithm_cost import Turns, TurnTimer  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from algorithm_cost import TurnTimer, interleave_fits, paired_ratios  # noqa: E402
 
 import lightning_fl.strategies.fedavg as fedavg_module  # noqa: E402
 from lightning_fl import FedAvgStrategy, Quantize, TopK  # noqa: E402
@@ -98,6 +91,9 @@ class CostTimer(TurnTimer):
         self.calls = calls
         self.per_round: list[dict[str, list[float]]] = []
 
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.calls.reset()  # the call times are per thread: start this fit's from zero, in its own thread
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self.per_round.append(self.calls.take())
         super().on_train_epoch_end(trainer, pl_module)
@@ -111,57 +107,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     CompressedUploads.exchange = calls.wrap("decode", CompressedUploads.exchange)  # type: ignore[method-assign]
 
     x, y = load_mnist_train(args.data, args.synthetic, args.clients * args.samples_per_client, args.seed)
-    torch.manual_seed(args.seed)
-    first = make_minimal_module(args.lr)
-    modules = [first] + [copy.deepcopy(first) for _ in names[1:]]  # same initial weights
     rounds = args.rounds + 1
-    n = len(names)
-    turns = Turns([(r + i) % n for r in range(rounds) for i in range(n)])  # A B C, B C A, C A B, ...
-    timers = [CostTimer(calls, turns, i, name, verbose=not args.quiet) for i, name in enumerate(names)]
-    errors: dict[str, str] = {}
-    state_root = tempfile.TemporaryDirectory(prefix="compression_cost-")  # residuals (same disk as /tmp)
 
-    def fit(i: int) -> None:
-        name = names[i]
-        calls.reset()
-        turns.wait(i)
-        try:
-            timers[i].mark, timers[i].cpu_mark = time.perf_counter(), time.thread_time()
-            strategy = FedAvgStrategy(
-                num_clients=args.clients,
-                clients_per_round=args.per_round,
-                local_epochs=args.local_epochs,
-                partition="iid",
-                seed=args.seed,
-                compression=VARIANTS[name],
-                client_state_dir=str(Path(state_root.name) / name),
-            )
-            trainer = bench_trainer(
-                strategy=strategy, devices=1, max_epochs=rounds, limit_val_batches=0, callbacks=[timers[i]]
-            )
-            loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True)
-            trainer.fit(modules[i], train_dataloaders=loader)
-        except BaseException:
-            errors[name] = traceback.format_exc()
-        finally:
-            turns.release(i, stop=True)
+    def make_strategy(name: str, state_dir: str) -> FedAvgStrategy:
+        return FedAvgStrategy(
+            num_clients=args.clients, clients_per_round=args.per_round, local_epochs=args.local_epochs,
+            partition="iid", seed=args.seed, compression=VARIANTS[name], client_state_dir=state_dir,
+        )  # fmt: skip
 
-    with no_worker_warning(), state_root:
-        threads = [threading.Thread(target=fit, args=(i,), name=f"fit-{v}") for i, v in enumerate(names)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        name, tb = next(iter(errors.items()))
-        sys.exit(f"error: the {name} fit failed:\n{tb}")
+    timers, modules, _ = interleave_fits(
+        names, make_strategy, x, y, batch_size=args.batch_size, rounds=rounds, lr=args.lr, seed=args.seed,
+        verbose=not args.quiet, timer=lambda *a, **k: CostTimer(calls, *a, **k),
+    )  # fmt: skip
 
-    base, cpu_base = timers[0].seconds[1:], timers[0].cpu_seconds[1:]
     variants: dict[str, Any] = {}
-    for name, timer in zip(names, timers):
-        secs, cpu = timer.seconds[1:], timer.cpu_seconds[1:]
-        ratios = [s / b for s, b in zip(secs, base)]  # paired by round: the same stretch of machine load
-        cpu_ratios = [s / b for s, b in zip(cpu, cpu_base)]
+    for name, timer, paired in zip(names, timers, paired_ratios(timers)):
+        secs, cpu = paired["s_per_round"], paired["cpu_s_per_round"]
+        ratios, cpu_ratios = paired["ratio_per_round"], paired["cpu_ratio_per_round"]
         measured = timer.per_round[1:]
         call_wall = [r["compress"][0] + r["decode"][0] for r in measured]
         call_cpu = [r["compress"][1] + r["decode"][1] for r in measured]

@@ -33,11 +33,8 @@ where the time goes.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
-import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,18 +45,15 @@ import torch  # noqa: E402
 from _common import (  # noqa: E402
     add_common_args,
     apply_threads,
-    bench_trainer,
     check_data,
     format_table,
     load_mnist_train,
     make_minimal_module,
     median,
-    no_worker_warning,
     save_figure,
     write_json,
 )
-from algorithm_cost import Turns, TurnTimer  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from algorithm_cost import interleave_fits, paired_ratios  # noqa: E402
 
 from lightning_fl import FedAvgStrategy  # noqa: E402
 from lightning_fl.federated.privacy import CentralDP  # noqa: E402
@@ -85,58 +79,36 @@ def make_variant(name: str) -> dict[str, Any]:
 
 def interleaved(args: argparse.Namespace) -> dict[str, Any]:
     x, y = load_mnist_train(args.data, args.synthetic, args.clients * args.samples_per_client, args.seed)
-    torch.manual_seed(args.seed)
-    first = make_minimal_module(args.lr)
-    modules = [first] + [copy.deepcopy(first) for _ in VARIANTS[1:]]  # same initial weights
-    rounds, n = args.rounds + 1, len(VARIANTS)
-    turns = Turns([(r + i) % n for r in range(rounds) for i in range(n)])  # rotate the order every round
-    timers = [TurnTimer(turns, i, name, verbose=not args.quiet) for i, name in enumerate(VARIANTS)]
-    recovered: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    errors: dict[str, str] = {}
+    rounds = args.rounds + 1
 
-    def fit(i: int) -> None:
-        name = VARIANTS[i]
-        turns.wait(i)
-        try:
-            timers[i].mark, timers[i].cpu_mark = time.perf_counter(), time.thread_time()
-            strategy = FedAvgStrategy(
-                num_clients=args.clients, clients_per_round=args.per_round, local_epochs=1, partition="iid",
-                seed=args.seed, **make_variant(name),
-            )  # fmt: skip
-            trainer = bench_trainer(
-                strategy=strategy, devices=1, max_epochs=rounds, limit_val_batches=0, callbacks=[timers[i]]
-            )
-            loader = DataLoader(TensorDataset(x, y), batch_size=10, shuffle=True)
-            trainer.fit(modules[i], train_dataloaders=loader)
-            recovered[name].append(float(trainer.callback_metrics.get("fl/clients", torch.tensor(-1.0))))
-        except BaseException:
-            errors[name] = traceback.format_exc()
-        finally:
-            turns.release(i, stop=True)
+    def make_strategy(name: str, state_dir: str) -> FedAvgStrategy:
+        return FedAvgStrategy(
+            num_clients=args.clients, clients_per_round=args.per_round, local_epochs=1, partition="iid",
+            seed=args.seed, client_state_dir=state_dir, **make_variant(name),
+        )  # fmt: skip
 
-    with no_worker_warning():
-        threads = [threading.Thread(target=fit, args=(i,), name=f"fit-{v}") for i, v in enumerate(VARIANTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        name, tb = next(iter(errors.items()))
-        sys.exit(f"error: the {name} fit failed:\n{tb}")
-    base, cpu_base = timers[0].seconds[1:], timers[0].cpu_seconds[1:]
+    timers, modules, trainers = interleave_fits(
+        VARIANTS, make_strategy, x, y, batch_size=10, rounds=rounds, lr=args.lr, seed=args.seed,
+        verbose=not args.quiet,
+    )  # fmt: skip
+    recovered = {
+        name: float(t.callback_metrics.get("fl/clients", torch.tensor(-1.0))) if t is not None else None
+        for name, t in zip(VARIANTS, trainers)
+    }
+    first = modules[0]
+    cpu_base = timers[0].cpu_seconds[1:]
     variants: dict[str, Any] = {}
     final = [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in modules]
-    for name, timer, w in zip(VARIANTS, timers, final):
-        secs, cpu = timer.seconds[1:], timer.cpu_seconds[1:]
-        ratios = [s / b for s, b in zip(secs, base)]  # paired by round: the same stretch of machine load
-        cpu_ratios = [s / b for s, b in zip(cpu, cpu_base)]
+    for name, timer, w, paired in zip(VARIANTS, timers, final, paired_ratios(timers)):
+        secs, cpu = paired["s_per_round"], paired["cpu_s_per_round"]
+        ratios, cpu_ratios = paired["ratio_per_round"], paired["cpu_ratio_per_round"]
         v = {
             "s_per_round": secs, "warmup_s": timer.seconds[0], "median_s": median(secs),
             "ratio_per_round": ratios, "median_ratio": median(ratios), "min_ratio": min(ratios), "max_ratio": max(ratios),
             "cpu_s_per_round": cpu, "median_cpu_s": median(cpu), "cpu_ratio_per_round": cpu_ratios,
             "median_cpu_ratio": median(cpu_ratios),
             "extra_cpu_ms_per_client": (median(cpu) - median(cpu_base)) / args.per_round * 1e3,
-            "clients_last_round": recovered[name][-1] if recovered[name] else None,
+            "clients_last_round": recovered[name],
             "max_abs_weight_diff_vs_plain": float((w - final[0]).abs().max()),
         }  # fmt: skip
         if name in TARGETS:
