@@ -80,8 +80,11 @@ def test_two_process_fits_exit_cleanly_every_time(kind):
 
 def _torchrun(tmp_path, name, *extra):
     out, ckpt_dir = tmp_path / f"{name}.pt", tmp_path / f"{name}_ckpt"
+    # Two restarts allowed: once in a fresh-venv CI run the restarted workers' gloo rendezvous was refused
+    # (connectFullMesh, before any training), which torchrun then answers with one more restart, exactly as
+    # it would on a cluster; the run still has to resume from last.ckpt and end with the same weights.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
-           "1", str(SCRIPTS / "run_elastic.py"), str(out), str(ckpt_dir), *extra]
+           "2", str(SCRIPTS / "run_elastic.py"), str(out), str(ckpt_dir), *extra]
     env = {k: v for k, v in launch_env().items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -94,7 +97,7 @@ def test_torchrun_restarts_a_killed_job_which_resumes_and_ends_with_the_uninterr
     assert straight["attempt"] == 0 and straight["epoch"] == 5
     killed, log, ckpt_dir = _torchrun(tmp_path, "killed", "kill")
     assert "rank 1: SIGKILL in round 3" in log
-    assert killed["attempt"] == 1 and killed["epoch"] == 5  # finished in torchrun's second attempt
+    assert killed["attempt"] >= 1 and killed["epoch"] == 5  # finished after torchrun restarted it
     # It resumed from the end of round 2, not from scratch.
     assert f"Restored all states from the checkpoint at {ckpt_dir / 'last.ckpt'}" in log
     assert straight["state"].keys() == killed["state"].keys()
