@@ -62,6 +62,7 @@ from lightning_fl.federated.compression import (
     CompressedUploads,
     Quantize,
     TopK,
+    allreduce_bytes,
     client_generator,
     compress_with_feedback,
 )
@@ -1208,8 +1209,8 @@ def _client_state_snapshot(checkpoint_path: _PATH) -> Path:
 
 
 def _ring_allreduce_bytes(tensor: torch.Tensor, world_size: int) -> int:
-    """Bytes each rank sends in a ring all-reduce: 2 (W − 1) / W of the payload."""
-    return 2 * (world_size - 1) * tensor.numel() * tensor.element_size() // world_size
+    """Bytes each rank sends in a ring all-reduce of ``tensor``: 2 (W − 1) / W of the payload."""
+    return allreduce_bytes(tensor.numel(), world_size, tensor.element_size())
 
 
 def _replace_float_state(
