@@ -53,6 +53,10 @@ class FedAvgConfig:
     secure_aggregation: Optional[Any] = None
     compression: Optional[Any] = None
     skip_nonfinite_updates: bool = True
+    # Federated evaluation (0: off): held-out share per client, every N rounds, clients per evaluation.
+    eval_fraction: float = 0.0
+    eval_every: int = 1
+    eval_clients: Optional[int] = None
     process_group_backend: Optional[str] = None
     timeout: float = 1800.0
     start_method: str = "popen"

@@ -66,6 +66,7 @@ from lightning_fl.federated.compression import (
     client_generator,
     compress_with_feedback,
 )
+from lightning_fl.federated.evaluation import eval_sample, is_eval_round, split_partition
 from lightning_fl.federated.partition import PARTITIONS, Partition, dataset_labels, make_partition
 from lightning_fl.federated.privacy.central_dp import CentralDP
 from lightning_fl.federated.robust import InsufficientUpdatesError, Krum, Median, NormBound, TrimmedMean
@@ -77,6 +78,7 @@ from lightning_fl.federated.server_update import ServerOptimizerFactory, ServerU
 from lightning_fl.model_state import FlatModelState, split_like
 from lightning_fl.seeding import derive_seed
 from lightning_fl.strategies.base import UnwrappedDDPStrategy
+from lightning_fl.strategies.federated_eval import CLIENT_METRICS_FILENAME, append_rows, evaluate_clients, gather_table
 from lightning_fl.strategies.round_data import (
     RoundBatchSampler,
     loader_settings,
@@ -138,6 +140,13 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             disk, for its next round); uploads are all-gathered and decoded on every process.
         skip_nonfinite_updates: drop a client whose weights hold NaN/inf after training (reported as
             ``fl/rejected_clients``) instead of failing the run. The global model is never corrupted.
+        eval_fraction: federated evaluation (off at 0): every client keeps this seeded share of its own
+            partition (at least one sample when it has two) out of training, and the user's
+            ``validation_step`` evaluates the global model on it per client; logged as
+            ``fl/eval/<metric>/<mean|min|p10|median|p90|max|std>`` and written per client to
+            ``<log_dir>/client_metrics.csv``. Silos hold out a share of their own training set likewise.
+        eval_every: evaluate after every N-th round (and always after the last one).
+        eval_clients: how many clients (a seeded sample per evaluation round) are evaluated. Default: all.
         timeout: collective timeout (a ``timedelta`` or seconds); a dead rank ends the job after this
             long instead of hanging.
 
@@ -170,6 +179,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         secure_aggregation: Optional[SecureAggregation] = None,
         compression: Optional[Quantize | TopK] = None,
         skip_nonfinite_updates: bool = True,
+        eval_fraction: float = 0.0,
+        eval_every: int = 1,
+        eval_clients: Optional[int] = None,
         accelerator: Any = None,
         parallel_devices: Optional[list[torch.device]] = None,
         cluster_environment: Optional[ClusterEnvironment] = None,
@@ -244,6 +256,13 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             compression is None or isinstance(compression, (Quantize, TopK)),
             f"compression must be None, Quantize(bits) or TopK(fraction), got {type(compression).__name__}",
         )
+        check(
+            isinstance(eval_fraction, (int, float)) and not isinstance(eval_fraction, bool) and 0.0 <= eval_fraction < 1.0,
+            f"eval_fraction must be a share in [0, 1) (0 turns federated evaluation off), got {eval_fraction}",
+        )
+        check(is_int(eval_every) and eval_every >= 1, f"eval_every must be an integer >= 1, got {eval_every}")
+        if eval_clients is not None:
+            check(is_int(eval_clients) and eval_clients >= 1, f"eval_clients must be an integer >= 1, got {eval_clients}")
         _check_composition(client_algorithm, privacy, aggregator, attack, secure_aggregation, compression)
         check(
             server_optimizer is None or callable(server_optimizer),
@@ -285,6 +304,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self.shards_per_client = int(shards_per_client)
         self.seed = int(seed)
         self.skip_nonfinite_updates = skip_nonfinite_updates
+        self.eval_fraction = float(eval_fraction)
+        self.eval_every = int(eval_every)
+        self.eval_clients = None if eval_clients is None else int(eval_clients)
         self.server = ServerUpdate(server_optimizer)
 
         # Built in setup(), per process (keeps the strategy picklable for spawn).
@@ -303,6 +325,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._client_state_root: Optional[Path] = None
         self._int_max: Optional[torch.Tensor] = None
         self._partition_cache: Optional[tuple[int, int, Partition]] = None
+        self._held_out: Optional[Partition] = None  # federated evaluation's share of each client's data
+        self._train_source: Optional[tuple[Any, Any, int]] = None  # (dataset, collate_fn, batch size)
         self._plan: Optional[RoundPlan] = None
         self._step = -1
         self._padding = False
@@ -579,6 +603,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         loader, batch_size, drop_last = loader_settings(dataloader)
         round_idx = module.trainer.current_epoch
         partition = self._client_partition(loader)
+        self._train_source = (loader.dataset, loader.collate_fn, batch_size)
         self._plan = self._make_plan(round_idx, partition, batch_size, drop_last)
         sampler = RoundBatchSampler(
             self._plan,
@@ -620,6 +645,12 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 alpha=self.alpha,
                 shards_per_client=self.shards_per_client,
             )
+        if self.eval_fraction > 0:
+            # Held out before anything trains: the training partition never contains these samples.
+            ids = [self.global_rank] if self.is_silo else None
+            partition, self._held_out = split_partition(partition, self.eval_fraction, self.seed, ids)
+            if self.is_silo and len(partition.indices) == 0:
+                raise FederatedConfigError(f"eval_fraction={self.eval_fraction} leaves rank {self.global_rank} nothing to train on")
         self._partition_cache = (id(dataset), size, partition)
         return partition
 
@@ -960,6 +991,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self._after_round(plan, skipped)
         if self._stores:
             self.round_stats["fl/client_state_bytes"] = float(sum(s.disk_bytes() for s in self._stores.values()))
+        if self._held_out is not None:
+            max_epochs = self.lightning_module.trainer.max_epochs  # type: ignore[union-attr]
+            last = max_epochs - 1 if max_epochs is not None and max_epochs > 0 else None
+            if is_eval_round(plan.round_idx, self.eval_every, last):
+                self.round_stats.update(self._federated_evaluation(plan.round_idx))
         module = self.lightning_module
         assert module is not None
         for name, value in self.round_stats.items():
@@ -1023,6 +1059,30 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         if stop is not None:
             rank_zero_warn(f"lightning_fl: stopping after round {plan.round_idx + 1}: {stop}")
             trainer.should_stop = True  # the epoch (round) ends normally first
+
+    def _federated_evaluation(self, round_idx: int) -> dict[str, float]:
+        """Evaluate the new global model on the sampled clients' held-out data; every process gets the same
+        statistics. Clients are spread over processes by their place in the sample (silos: their own)."""
+        held, source = self._held_out, self._train_source
+        assert held is not None and source is not None
+        client_ids = eval_sample(self.total_clients, self.eval_clients, self.seed, round_idx)
+        if self.is_silo:
+            mine = [(c, held.client(0)) for c in client_ids if c == self.global_rank]
+        else:
+            mine = [(c, held.client(c)) for k, c in enumerate(client_ids) if k % self.world_size == self.global_rank]
+        dataset, collate_fn, batch_size = source
+        local = evaluate_clients(self, mine, dataset, collate_fn, batch_size)
+        table = gather_table(local, client_ids, self.world_size, self.root_device)
+        if self.is_global_zero:
+            trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+            base = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir  # no broadcast: rank 0 only
+            try:
+                append_rows(os.path.join(base, CLIENT_METRICS_FILENAME), table.rows(round_idx))
+            except OSError as error:
+                rank_zero_warn(f"lightning_fl: could not write {CLIENT_METRICS_FILENAME}: {error}")
+        stats = table.stats()
+        stats["fl/eval_clients"] = float((table.samples > 0).sum())
+        return stats
 
     def _server_step(self, average: torch.Tensor, total_weight: float) -> None:
         """Hand the round's average (of weights, or of changes) through the algorithm to the server optimizer."""
