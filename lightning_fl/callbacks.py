@@ -48,12 +48,29 @@ class RoundSummary(Callback):
             if stats.get("fl/rejected_clients"):
                 parts.append(f"rejected {int(stats['fl/rejected_clients'])}")
         parts += [f"{name} {float(metrics[name]):.4f}" for name in self._names(metrics)]
+        parts += self._client_spread(stats)
         parts.append(f"{seconds:.2f} s")
         if stats:
             parts.append(f"comm {stats['fl/comm_bytes'] / 1e6:.2f} MB/rank")
         line = " | ".join(parts)
         self.lines.append(line)
         self._emit(trainer, line)
+
+    def _client_spread(self, stats: dict[str, float]) -> list[str]:
+        """Federated evaluation's view: per metric, the clients' sample-weighted mean and the worst tenth
+        (the 10th percentile, or the 90th for a loss, where higher is worse)."""
+        evaluated = list(dict.fromkeys(k[len("fl/eval/") : -len("/mean")] for k in stats if k.startswith("fl/eval/") and k.endswith("/mean")))
+        if self.metrics is not None:
+            evaluated = [n for n in evaluated if n in self.metrics]
+        elif any(n in self.DEFAULT_METRICS for n in evaluated):
+            evaluated = [n for n in evaluated if n in self.DEFAULT_METRICS]
+        out = []
+        for name in evaluated:
+            worst = "p90" if "loss" in name.lower() else "p10"
+            out.append(
+                f"clients {name} {stats[f'fl/eval/{name}/mean']:.4f} (worst 10% {stats[f'fl/eval/{name}/{worst}']:.4f})"
+            )
+        return out
 
     def _names(self, metrics: dict[str, Any]) -> list[str]:
         if self.metrics is not None:

@@ -37,8 +37,13 @@ def test_default_job_runs_and_prints_rounds(tmp_path):
     rounds = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
     assert [r.split(" | ")[0] for r in rounds] == ["round 1/2", "round 2/2"]
     assert "clients 10" in rounds[0] and "val_acc" in rounds[0]
+    # Federated evaluation is on in the default job: the clients' mean and worst tenth beside the global metric.
+    assert "clients val_acc " in rounds[0] and "(worst 10% " in rounds[0], rounds[0]
     assert "done after 2 rounds" in proc.stdout and "test_acc=" in proc.stdout
     assert (tmp_path / "run" / "logs" / "metrics.csv").exists()
+    header = (tmp_path / "run" / "logs" / "client_metrics.csv").read_text().splitlines()[0]
+    assert header == "round,client,metric,value,num_samples"
+    assert (tmp_path / "run" / "plots" / "client_metrics.png").is_file() or "lightning-fl[plot]" in proc.stdout
     assert list((tmp_path / "run").rglob("*.ckpt"))
 
 

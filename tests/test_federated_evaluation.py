@@ -252,3 +252,15 @@ def test_bad_settings_are_one_line_errors(kwargs: dict, setting: str) -> None:
     with pytest.raises(FederatedConfigError, match=setting) as info:
         lightning_fl.FedAvgStrategy(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_round_summary_prints_the_clients_mean_and_worst_tenth(tmp_path: Path) -> None:
+    from lightning_fl.callbacks import RoundSummary
+
+    lines: list[str] = []
+    strategy = lightning_fl.FedAvgStrategy(num_clients=6, clients_per_round=3, eval_fraction=0.25, seed=0)
+    trainer = fit_in_process(strategy, seeded_module(), TinyData(), rounds=2, default_root_dir=str(tmp_path),
+                             callbacks=[RoundSummary(print_fn=lines.append)])  # fmt: skip
+    stats = trainer.strategy.round_stats
+    expected = f"clients val_acc {stats['fl/eval/val_acc/mean']:.4f} (worst 10% {stats['fl/eval/val_acc/p10']:.4f})"
+    assert len(lines) == 2 and expected in lines[1], lines
