@@ -264,3 +264,29 @@ def test_round_summary_prints_the_clients_mean_and_worst_tenth(tmp_path: Path) -
     stats = trainer.strategy.round_stats
     expected = f"clients val_acc {stats['fl/eval/val_acc/mean']:.4f} (worst 10% {stats['fl/eval/val_acc/p10']:.4f})"
     assert len(lines) == 2 and expected in lines[1], lines
+
+
+class _PlainDataset(torch.utils.data.Dataset):
+    """Not a TensorDataset: federated evaluation fetches and collates it per sample."""
+
+    def __init__(self, base: torch.utils.data.TensorDataset) -> None:
+        self.base = base
+        self.targets = base.tensors[1]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[i]
+
+
+def test_sliced_and_per_sample_batches_give_the_same_values(tmp_path: Path) -> None:
+    def run(wrap: bool, root: Path) -> list[dict[str, str]]:
+        data = TinyData()
+        if wrap:
+            data.train_set = _PlainDataset(data.train_set)
+        strategy = lightning_fl.FedAvgStrategy(num_clients=4, eval_fraction=0.25, seed=0)
+        fit_in_process(strategy, RecordingModule(), data, rounds=1, default_root_dir=str(root), limit_val_batches=0)
+        return _rows(root / "client_metrics.csv")
+
+    assert run(False, tmp_path / "a") == run(True, tmp_path / "b")

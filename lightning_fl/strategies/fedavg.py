@@ -1071,6 +1071,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         else:
             mine = [(c, held.client(c)) for k, c in enumerate(client_ids) if k % self.world_size == self.global_rank]
         dataset, collate_fn, batch_size = source
+        # The central val loader's batch size when there is one (evaluation batches are usually larger);
+        # per-client values do not depend on it (batch-size-weighted means, metrics over all samples).
+        val = self.lightning_module.trainer.val_dataloaders  # type: ignore[union-attr]
+        val = val[0] if isinstance(val, (list, tuple)) and val else val
+        batch_size = getattr(val, "batch_size", None) or batch_size
         local = evaluate_clients(self, mine, dataset, collate_fn, batch_size)
         table = gather_table(local, client_ids, self.world_size, self.root_device)
         if self.is_global_zero:
