@@ -126,3 +126,14 @@ def test_ps_throughput_quick(tmp_path: Path) -> None:
         and _positive(result["ps_over_ddp"])
     )
     assert isinstance(result["passed"], bool)
+
+
+def test_evaluation_cost_quick(tmp_path: Path) -> None:
+    result, stdout = _run("evaluation_cost.py", tmp_path / "evaluation_cost.json")
+    fed, central = result["variants"]["federated"], result["variants"]["central"]
+    assert len(fed["s_per_round"]) == len(central["s_per_round"]) == result["rounds"] == 2
+    assert all(_positive(s) for s in fed["s_per_round"] + central["s_per_round"])
+    # Evaluation never changes training; the federated variant logged its client statistics.
+    assert result["same_final_weights"] is True
+    assert {"fl/eval/val_acc/mean", "fl/eval/val_acc/p10", "fl/eval/val_loss/p90"} <= set(result["federated_metrics"])
+    assert "same final weights: True" in stdout
