@@ -16,6 +16,7 @@ stops at the first evaluation that reaches ``--target``.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -212,6 +213,31 @@ def draw(axes: list[Any], rows: list[str], results: list[dict[str, Any]], target
                f"B={runs[0]['batch_size']}, {runs[0]['partition']}; paper {paper or '-'} rounds")  # fmt: skip
 
 
+def print_table(results: list[dict[str, Any]], target: float) -> None:
+    pct = f"{target * 100:g}%"
+    print()
+    print(
+        format_table(
+            ["row", "E", "B", "partition", "lr", f"rounds to {pct}", "paper", "best acc", "rounds run", "s/round"],
+            [
+                [
+                    r["row"],
+                    r["local_epochs"],
+                    r["batch_size"],
+                    r["partition"],
+                    r["lr"],
+                    r["rounds_to_target"] if r["rounds_to_target"] is not None else f"not in {r['rounds_run']}",
+                    r["paper_rounds"] if r["paper_rounds"] is not None else "-",
+                    r["best_acc"] if r["best_acc"] is not None else "-",
+                    r["rounds_run"],
+                    r["mean_round_s"] if r["mean_round_s"] is not None else "-",
+                ]
+                for r in results
+            ],
+        )
+    )
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help="comma-separated {iid|shards}-e<E>-b<B|inf>")
@@ -229,6 +255,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 2 rounds, 2,000 train / 500 test images, first lr only"
     )
+    p.add_argument(
+        "--replot", type=Path, nargs="+", default=None, metavar="JSON",
+        help="train nothing: merge the results of earlier --json files into one table and --png figure",
+    )  # fmt: skip
     add_common_args(p)
     args = p.parse_args(argv)
     try:
@@ -255,6 +285,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        # Runs of different rows and lrs, made separately (a long row may take hours), in one figure.
+        results = [r for path in args.replot for r in json.loads(Path(path).read_text())["results"]]
+        target = results[0]["target"] if results else args.target
+        rows = list(dict.fromkeys(r["row"] for r in results))
+        save_figure(args.png, lambda axes: draw(axes, rows, results, target), panels=len(rows), size=(5, 3.6),
+                    ncols=2)  # fmt: skip
+        print_table(results, target)
+        return 0
     check_data(args.data, args.synthetic)
     apply_threads(args.threads)
     train, val = load_data(args)
@@ -288,28 +327,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = list(dict.fromkeys(r["row"] for r in results))
     save_figure(args.png, lambda axes: draw(axes, rows, results, args.target), panels=len(rows), size=(5, 3.6),
                 ncols=2)  # fmt: skip
-    pct = f"{args.target * 100:g}%"
-    print()
-    print(
-        format_table(
-            ["row", "E", "B", "partition", "lr", f"rounds to {pct}", "paper", "best acc", "rounds run", "s/round"],
-            [
-                [
-                    r["row"],
-                    r["local_epochs"],
-                    r["batch_size"],
-                    r["partition"],
-                    r["lr"],
-                    r["rounds_to_target"] if r["rounds_to_target"] is not None else f"not in {r['rounds_run']}",
-                    r["paper_rounds"] if r["paper_rounds"] is not None else "-",
-                    r["best_acc"] if r["best_acc"] is not None else "-",
-                    r["rounds_run"],
-                    r["mean_round_s"] if r["mean_round_s"] is not None else "-",
-                ]
-                for r in results
-            ],
-        )
-    )
+    print_table(results, args.target)
     return 0
 
 

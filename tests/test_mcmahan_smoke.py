@@ -63,3 +63,14 @@ def test_mcmahan_table2_quick(tmp_path: Path) -> None:
         # Random labels cannot reach 99%.
         assert r["rounds_to_target"] is None
     assert result["results"][0]["paper_rounds"] == 34 and result["results"][1]["paper_rounds"] == 350
+
+    # --replot: runs made separately (another lr, another row) merged into one table and figure, no training.
+    other = dict(result, results=[dict(result["results"][0], lr=0.5)])
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    png = tmp_path / "merged.png"
+    cmd = [sys.executable, SCRIPT, "--replot", str(out), str(tmp_path / "other.json"), "--png", str(png)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_png(png, proc.stdout)
+    table = [line for line in proc.stdout.splitlines() if line.strip().startswith(("iid-", "shards-"))]
+    assert len(table) == 3 and "0.5" in table[2]
