@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import threading
 import traceback
 from pathlib import Path
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timers = [TurnTimer(turns, i, name, verbose=not args.quiet) for i, name in enumerate(VARIANTS)]
     trainers: list[Optional[L.Trainer]] = [None, None]
     errors: dict[str, str] = {}
+    root = tempfile.TemporaryDirectory(prefix="evaluation-cost-")
 
     def fit(i: int) -> None:
         turns.wait(i)
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 num_clients=args.clients, clients_per_round=args.per_round, partition="iid", seed=args.seed,
                 eval_fraction=args.eval_fraction, eval_every=1 if i == 1 else rounds + 1,
             )  # fmt: skip
-            trainers[i] = bench_trainer(strategy=strategy, devices=1, max_epochs=rounds, callbacks=[timers[i]])
+            trainers[i] = bench_trainer(strategy=strategy, devices=1, max_epochs=rounds, callbacks=[timers[i]],
+                                        default_root_dir=root.name)  # client_metrics.csv: not in the checkout
             trainers[i].fit(
                 modules[i],
                 train_dataloaders=DataLoader(train, batch_size=args.batch_size, shuffle=True),
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             turns.release(i, stop=True)
 
-    with no_worker_warning():
+    with no_worker_warning(), root:
         threads = [threading.Thread(target=fit, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
