@@ -159,6 +159,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         default="minimal",
         help="minimal: CNN+CE+SGD only (pure overhead); classifier: ImageClassifier (adds metrics and logging)",
     )
+    p.add_argument(
+        "--fast-path",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="FedAvgStrategy(fast_path=None/True/False): a client's local steps inside one Lightning step",
+    )
     p.add_argument("--quick", action="store_true", help="20 clients x 30 samples, 4 per round, 2 rounds")
     add_common_args(p)
     args = p.parse_args(argv)
@@ -189,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         local_epochs=args.local_epochs,
         partition="iid",
         seed=args.seed,
+        fast_path={"auto": None, "on": True, "off": False}[args.fast_path],
     )
     trainer = bench_trainer(
         strategy=strategy, devices=1, max_epochs=args.rounds + 1, limit_val_batches=0, callbacks=[timer]
@@ -215,6 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "lr": args.lr,
             "module": args.module,
+            "fast_path": args.fast_path,
             "seed": args.seed,
             "synthetic": bool(args.synthetic),
             "torch_threads": torch.get_num_threads(),  # read after fit: Lightning's launcher may set it

@@ -53,6 +53,8 @@ class FedAvgConfig:
     secure_aggregation: Optional[Any] = None
     compression: Optional[Any] = None
     skip_nonfinite_updates: bool = True
+    # None: automatic (a client's local steps inside one Lightning step when nothing needs per-batch hooks)
+    fast_path: Optional[bool] = None
     # Federated evaluation (0: off): held-out share per client, every N rounds, clients per evaluation.
     eval_fraction: float = 0.0
     eval_every: int = 1

@@ -7,10 +7,11 @@ are the same whichever rank trains it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset, default_collate
 
 from lightning_fl.errors import FederatedConfigError
 from lightning_fl.federated.sampling import client_batches
@@ -61,6 +62,58 @@ class RoundBatchSampler(Sampler[list[int]]):
             yield [self.pad_index]
 
 
+def identity_collate(data: Any) -> Any:
+    """Collate for loaders whose dataset already returns collated batches (module level: picklable)."""
+    return data
+
+
+def tensor_batches(dataset: Any, collate_fn: Any) -> Optional[tuple[torch.Tensor, ...]]:
+    """The tensors of ``dataset`` when indexing them gives exactly ``collate_fn``'s batches, else ``None``.
+
+    ``default_collate`` over ``TensorDataset`` items (tuples of rows) is a list of ``torch.stack``-ed rows,
+    which equals ``[t[idx] for t in tensors]`` value for value and dtype for dtype on contiguous tensors.
+    Subclasses are excluded: they may override ``__getitem__``.
+    """
+    if type(dataset) is not TensorDataset or collate_fn is not default_collate:
+        return None
+    tensors = tuple(dataset.tensors)
+    if not tensors or not all(t.is_contiguous() and t.layout == torch.strided for t in tensors):
+        return None
+    return tensors
+
+
+class TensorBatchDataset(Dataset):
+    """A ``TensorDataset`` that answers a whole batch of indices by indexing (``__getitems__``).
+
+    Torch's fetcher calls ``__getitems__(indices)`` and passes the result to the loader's collate, which is
+    ``identity_collate`` here: one indexing per tensor instead of a fetch per sample plus ``torch.stack``.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.tensors = tuple(tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[index] for t in self.tensors)
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return [t[idx] for t in self.tensors]
+
+
+def make_fetch(dataset: Any, collate_fn: Callable[[Any], Any]) -> Callable[[list[int]], Any]:
+    """indices -> one collated batch, as torch's map-style fetcher makes it (or by indexing, when equal)."""
+    tensors = tensor_batches(dataset, collate_fn)
+    if tensors is not None:
+        return TensorBatchDataset(tensors).__getitems__
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems:
+        return lambda indices: collate_fn(getitems(indices))
+    return lambda indices: collate_fn([dataset[i] for i in indices])
+
+
 def loader_settings(dataloader: object) -> tuple[DataLoader, int, bool]:
     """Check that a training DataLoader can be federated; return it with its batch size and drop_last."""
     if not isinstance(dataloader, DataLoader):
@@ -83,10 +136,14 @@ def loader_settings(dataloader: object) -> tuple[DataLoader, int, bool]:
 
 def rebuild_loader(dataloader: DataLoader, batch_sampler: RoundBatchSampler) -> DataLoader:
     """A DataLoader like ``dataloader`` whose batches come from ``batch_sampler``."""
+    dataset, collate_fn = dataloader.dataset, dataloader.collate_fn
+    tensors = tensor_batches(dataset, collate_fn)
+    if tensors is not None:  # the same batches, by indexing instead of per-sample fetch and collate
+        dataset, collate_fn = TensorBatchDataset(tensors), identity_collate
     kwargs: dict = dict(
         batch_sampler=batch_sampler,
         num_workers=dataloader.num_workers,
-        collate_fn=dataloader.collate_fn,
+        collate_fn=collate_fn,
         pin_memory=dataloader.pin_memory,
         timeout=dataloader.timeout,
         worker_init_fn=dataloader.worker_init_fn,
@@ -96,4 +153,4 @@ def rebuild_loader(dataloader: DataLoader, batch_sampler: RoundBatchSampler) -> 
     if dataloader.num_workers > 0:
         kwargs["prefetch_factor"] = dataloader.prefetch_factor
         kwargs["persistent_workers"] = dataloader.persistent_workers
-    return DataLoader(dataloader.dataset, **kwargs)
+    return DataLoader(dataset, **kwargs)
