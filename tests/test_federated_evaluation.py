@@ -290,3 +290,10 @@ def test_sliced_and_per_sample_batches_give_the_same_values(tmp_path: Path) -> N
         return _rows(root / "client_metrics.csv")
 
     assert run(False, tmp_path / "a") == run(True, tmp_path / "b")
+
+
+def test_processes_that_disagree_on_evaluation_fail_before_the_first_step(tmp_path: Path) -> None:
+    # Evaluation's gather would otherwise block one process until the collective timeout.
+    result = run_script(tmp_path, 2, {"num_clients": 4, "eval_fraction": 0.25},
+                        {"per_rank": [{"eval_every": 1}, {"eval_every": 2}], "rounds": 1})  # fmt: skip
+    assert result["error"].startswith("processes disagree on eval_every: process 0: 1, process 1: 2;")
