@@ -15,6 +15,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.distributed.constants import default_pg_timeout
 
 from lightning_fl.errors import FederatedConfigError, check
 from lightning_fl.strategies.checkpoint_io import (
@@ -24,6 +25,7 @@ from lightning_fl.strategies.checkpoint_io import (
     check_strategy_entry,
     read_error,
 )
+from lightning_fl.strategies.elastic_store import agent_store_in_use, attempt_store
 from lightning_fl.strategies.launchers import CheckedMultiProcessingLauncher, CheckedSubprocessScriptLauncher
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,20 @@ class UnwrappedDDPStrategy(DDPStrategy):
             # can abort the process ("terminate called without an active exception") after a good fit.
             _destroy_default_group_at_exit()
         self._failed = False
+
+    def setup_distributed(self) -> None:
+        # Under torchrun the default group would rendezvous on the agent's store, which keeps the keys of a
+        # killed attempt, so a restart may connect to dead peers (see elastic_store). Lightning's own call
+        # below then finds the group initialized and only sets the ranks.
+        if agent_store_in_use() and dist.is_available() and not dist.is_initialized():
+            self.set_world_ranks()
+            timeout = self._timeout or default_pg_timeout
+            dist.init_process_group(
+                self._get_process_group_backend(), store=attempt_store(self.global_rank, self.world_size, timeout),
+                rank=self.global_rank, world_size=self.world_size, timeout=timeout,
+                device_id=self.root_device if self.root_device.type != "cpu" else None,
+            )
+        super().setup_distributed()
 
     def on_exception(self, exception: BaseException) -> None:
         super().on_exception(exception)

@@ -8,6 +8,7 @@ then restarts both processes and ``ckpt_path="last"`` picks up ``CKPT_DIR/last.c
 import os
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,6 +31,10 @@ class KillInFirstAttempt(L.Callback):
 
 def main() -> None:
     out, ckpt_dir = sys.argv[1], sys.argv[2]
+    if ATTEMPT > 0 and os.environ.get("RANK") == "0":
+        # torchrun's agent keeps its store, and the killed attempt's keys, across restarts: rank 1 then
+        # reaches the rendezvous first and reads rank 0's key of the killed attempt (the case that failed).
+        time.sleep(2)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1)]
     if "kill" in sys.argv[3:]:
         callbacks.append(KillInFirstAttempt())
