@@ -76,8 +76,9 @@ from lightning_fl.federated.secure import SecAggRound, SecureAggregation, Secure
 from lightning_fl.federated.server_optimizers import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from lightning_fl.federated.server_update import ServerOptimizerFactory, ServerUpdate
 from lightning_fl.model_state import FlatModelState, split_like
-from lightning_fl.seeding import derive_seed
+from lightning_fl.seeding import derive_seed, seed_torch
 from lightning_fl.strategies.base import UnwrappedDDPStrategy
+from lightning_fl.strategies.fast_path import FastPath
 from lightning_fl.strategies.federated_eval import CLIENT_METRICS_FILENAME, append_rows, evaluate_clients, gather_table
 from lightning_fl.strategies.round_data import (
     RoundBatchSampler,
@@ -147,6 +148,12 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             ``<log_dir>/client_metrics.csv``. Silos hold out a share of their own training set likewise.
         eval_every: evaluate after every N-th round (and always after the last one).
         eval_clients: how many clients (a seeded sample per evaluation round) are evaluated. Default: all.
+        fast_path: run each client's local steps inside one Lightning training step (same results, far less
+            per-step overhead with many small clients; see ``lightning_fl.strategies.fast_path``). ``None``
+            (default): automatic, taken unless something observes Lightning's per-batch loop (per-batch
+            callbacks or module hooks, per-step logging or LR schedulers, manual optimization), the reason
+            logged once; the first round of a fit runs per batch to see what it logs. ``True``: from the first
+            round, an error where it cannot be taken. ``False``: never.
         timeout: collective timeout (a ``timedelta`` or seconds); a dead rank ends the job after this
             long instead of hanging.
 
@@ -179,6 +186,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         secure_aggregation: Optional[SecureAggregation] = None,
         compression: Optional[Quantize | TopK] = None,
         skip_nonfinite_updates: bool = True,
+        fast_path: Optional[bool] = None,
         eval_fraction: float = 0.0,
         eval_every: int = 1,
         eval_clients: Optional[int] = None,
@@ -304,6 +312,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         self.shards_per_client = int(shards_per_client)
         self.seed = int(seed)
         self.skip_nonfinite_updates = skip_nonfinite_updates
+        check(fast_path in (None, True, False), f"fast_path must be None (automatic), True or False, got {fast_path!r}")
+        self.fast_path = fast_path
+        self._fast = FastPath(fast_path)
         self.eval_fraction = float(eval_fraction)
         self.eval_every = int(eval_every)
         self.eval_clients = None if eval_clients is None else int(eval_clients)
@@ -491,6 +502,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             self._restore(self._pending_state)
             self._pending_state = None
         self._warn_about_step_schedulers()
+        self._fast.reset()
         # Round statistics are identical on every rank by construction; no need to sync them.
         warnings.filterwarnings("ignore", message=r".*self\.log\('fl/.*sync_dist=True.*")
 
@@ -609,6 +621,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         partition = self._client_partition(loader)
         self._train_source = (loader.dataset, loader.collate_fn, batch_size)
         self._plan = self._make_plan(round_idx, partition, batch_size, drop_last)
+        if self._fast.decide(self, module.trainer):
+            return self._fast.loader(self, loader, partition, batch_size, drop_last)
         sampler = RoundBatchSampler(
             self._plan,
             (lambda _client: partition.client(0)) if self.is_silo else partition.client,
@@ -705,6 +719,9 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 f"lightning_fl: round plan is for round {plan.round_idx} but epoch {trainer.current_epoch} is "
                 "running; the train dataloader must be rebuilt every epoch (reload_dataloaders_every_n_epochs=1)"
             )
+        if self._fast.active:
+            self._fast.on_train_batch_start(self, batch, batch_idx)
+            return
         self._step = batch_idx
         if batch_idx == 0:
             self._begin_round(plan)
@@ -716,6 +733,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         automatic = self.lightning_module.automatic_optimization  # type: ignore[union-attr]
+        if self._fast.active:
+            args = self._fast.step_args(self, args)
         output: Any = None
         if not self._padding:
             if isinstance(self.attack, LabelFlip) and self._job is not None and self._job.client_id in self._malicious:
@@ -764,18 +783,30 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         model: Optional[LightningModule | torch.nn.Module] = None,
         **kwargs: Any,
     ) -> Any:
-        algorithm = self.client_algorithm
-        if self._padding:
-            closure()  # Lightning requires the closure to run; the padding loss has no parameters
-            output = None
-        elif algorithm is not None and algorithm.hooks_steps:
-            output = super().optimizer_step(optimizer, self._corrected(closure, algorithm), model, **kwargs)
-            algorithm.after_step(optimizer)
-        else:
-            output = super().optimizer_step(optimizer, closure, model, **kwargs)
+        if self._fast.active:  # all of a client's local steps, each through _client_step
+            return self._fast.optimizer_step(self, optimizer, closure, model, **kwargs)
+        output = self._client_step(optimizer, closure, model, **kwargs)
         if self.lightning_module.automatic_optimization:  # type: ignore[union-attr]
             self._after_step()
         return output
+
+    def _client_step(
+        self,
+        optimizer: Optimizer,
+        closure: Callable[[], Any],
+        model: Optional[LightningModule | torch.nn.Module] = None,
+        **kwargs: Any,
+    ) -> Any:
+        """One local step (or padding step) of the current client, through Lightning's own optimizer step."""
+        algorithm = self.client_algorithm
+        if self._padding:
+            closure()  # Lightning requires the closure to run; the padding loss has no parameters
+            return None
+        if algorithm is not None and algorithm.hooks_steps:
+            output = super().optimizer_step(optimizer, self._corrected(closure, algorithm), model, **kwargs)
+            algorithm.after_step(optimizer)
+            return output
+        return super().optimizer_step(optimizer, closure, model, **kwargs)
 
     def _corrected(self, closure: Callable[[], Any], algorithm: ClientAlgorithm) -> Callable[[], Any]:
         """The closure, then the algorithm's gradient correction: after backward, before clipping.
@@ -863,7 +894,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         for optimizer in self.optimizers:
             optimizer.state.clear()  # a fresh optimizer per client; LRs keep following the schedulers
         # Each client's own RNG stream (dropout, augmentation): independent of which rank trains it.
-        torch.manual_seed(derive_seed(self.seed, "client-rng", plan.round_idx, job.client_id))
+        seed_torch(derive_seed(self.seed, "client-rng", plan.round_idx, job.client_id))
         if self.client_algorithm is not None:
             self.client_algorithm.client_start(job.client_id)
 
