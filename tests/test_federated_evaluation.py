@@ -297,3 +297,17 @@ def test_processes_that_disagree_on_evaluation_fail_before_the_first_step(tmp_pa
     result = run_script(tmp_path, 2, {"num_clients": 4, "eval_fraction": 0.25},
                         {"per_rank": [{"eval_every": 1}, {"eval_every": 2}], "rounds": 1})  # fmt: skip
     assert result["error"].startswith("processes disagree on eval_every: process 0: 1, process 1: 2;")
+
+
+def test_the_evaluation_gather_is_counted_in_comm_bytes(tmp_path: Path) -> None:
+    import pickle
+
+    from lightning_fl.federated.compression import allreduce_bytes
+
+    base = {"num_clients": 6, "clients_per_round": 4, "seed": 3}
+    with_eval = run_script(tmp_path, 2, {**base, "eval_fraction": 0.25, "eval_clients": 5}, {"rounds": 1})
+    without = run_script(tmp_path, 2, {**base, "eval_fraction": 0.0}, {"rounds": 1})
+    # Same model, same round buffer: the difference is the evaluation's two collectives, by the ring formulas.
+    names = (1 * (8 + len(pickle.dumps(["val_acc"]))))  # all_gather_object of the metric names, W = 2
+    table = allreduce_bytes(5 * (2 * 1 + 1), 2, 8)  # [clients, 2 * metrics + 1] float64
+    assert with_eval["metrics"]["fl/comm_bytes"] - without["metrics"]["fl/comm_bytes"] == names + table

@@ -1122,6 +1122,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 rank_zero_warn(f"lightning_fl: could not write {CLIENT_METRICS_FILENAME}: {error}")
         stats = table.stats()
         stats["fl/eval_clients"] = float((table.samples > 0).sum())
+        stats["fl/comm_bytes"] = self.round_stats.get("fl/comm_bytes", 0.0) + table.bytes_sent
         return stats
 
     def _server_step(self, average: torch.Tensor, total_weight: float) -> None:

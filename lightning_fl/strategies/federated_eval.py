@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_fl.federated.compression import allreduce_bytes
 from lightning_fl.federated.evaluation import distribution
 
 CLIENT_METRICS_FILENAME = "client_metrics.csv"
@@ -188,7 +190,8 @@ class ClientTable:
     """Every evaluated client's metrics, in the order of ``client_ids``; the same on every process."""
 
     def __init__(self, client_ids: list[int], names: list[str], values: torch.Tensor, present: torch.Tensor,
-                 samples: torch.Tensor) -> None:  # fmt: skip
+                 samples: torch.Tensor, bytes_sent: int = 0) -> None:  # fmt: skip
+        self.bytes_sent = bytes_sent  # what this process sent to assemble the table (0 with one process)
         self.client_ids = client_ids
         self.names = names
         self.values = values  # [clients, metrics], float64
@@ -225,10 +228,14 @@ def gather_table(
     process may have seen only some), then one all-reduce of a [clients, 2·metrics + 1] float64 table in
     which each client's row is filled by the one process that evaluated it (so the sum is exact)."""
     names_here = sorted({name for values, _ in local.values() for name in values})
+    sent = 0
     if world_size > 1:
         everyone: list[Any] = [None] * world_size
         dist.all_gather_object(everyone, names_here)
         names = sorted(set().union(*everyone))
+        # all_gather_object: a ring all-gather of each rank's pickled size (int64), then of the pickles
+        # padded to the largest; each rank sends (W − 1) chunks of each.
+        sent = (world_size - 1) * (8 + max(len(pickle.dumps(n)) for n in everyone))
     else:
         names = names_here
     m = len(names)
@@ -245,7 +252,8 @@ def gather_table(
         moved = table.to(device)
         dist.all_reduce(moved, op=dist.ReduceOp.SUM)
         table = moved.cpu()
-    return ClientTable(client_ids, names, table[:, :m], table[:, m : 2 * m] > 0.5, table[:, 2 * m])
+        sent += allreduce_bytes(table.numel(), world_size, table.element_size())
+    return ClientTable(client_ids, names, table[:, :m], table[:, m : 2 * m] > 0.5, table[:, 2 * m], sent)
 
 
 def append_rows(path: str, rows: list[tuple[int, int, str, float, int]]) -> None:
