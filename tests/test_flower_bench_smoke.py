@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fl_testing import check_png
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +68,54 @@ def test_compare_quick_synthetic(tmp_path: Path) -> None:
     acc = {f: rows[(f, "cross_device")]["test_acc"] for f in ("lightning_fl", "plain")}
     assert abs(acc["lightning_fl"] - acc["plain"]) <= 0.01, acc
     assert any(t["target"].startswith("cross_device") for t in payload["targets"])
+
+
+def _pfl_python() -> str | None:
+    """pfl's own venv (benchmarks/flower/setup_pfl_env.sh) if built, else this interpreter if it has pfl."""
+    venv = REPO / "benchmarks" / "flower" / ".venv-pfl" / "bin" / "python"
+    if venv.exists():
+        return str(venv)
+    return sys.executable if importlib.util.find_spec("pfl") is not None else None
+
+
+def test_compare_quick_pfl_same_work(tmp_path: Path) -> None:
+    """pfl-research on the same clients as the plain loop ends at the same global weights (E=1 and E>1)."""
+    pfl_python = _pfl_python()
+    if pfl_python is None:
+        pytest.skip("pfl not installed (benchmarks/flower/setup_pfl_env.sh builds its venv)")
+    out = tmp_path / "compare.json"
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--synthetic",
+        "--warmup",
+        "1",
+        "--repeat",
+        "2",
+        "--frameworks",
+        "plain,pfl",
+        "--workloads",
+        "cross_device,mnist_e5",
+        "--python",
+        sys.executable,
+        "--pfl-python",
+        pfl_python,
+        "--logdir",
+        str(tmp_path / "logs"),
+        "--json",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    assert len(payload["runs"]) == 2 * 2 * 2
+    rows = {(r["framework"], r["workload"]): r for r in payload["rows"]}
+    for row in rows.values():
+        assert "error" not in row, row.get("error")
+        assert row["repetitions"] == 2 and len(row["train_s_per_round_per_rep"]) == 2
+        assert 0 < row["train_s_per_round"] <= row["s_per_round"] + 1e-6
+    for w in ("cross_device", "mnist_e5"):
+        plain, pfl = rows[("plain", w)]["weights_sum"], rows[("pfl", w)]["weights_sum"]
+        assert abs(plain - pfl) <= 1e-5 * max(1.0, abs(plain)), (w, plain, pfl)
+    assert rows[("pfl", "cross_device")]["test_acc"] == rows[("plain", "cross_device")]["test_acc"]

@@ -1,13 +1,15 @@
-"""lightning_fl vs a plain PyTorch loop vs Flower's simulation engine on the same FedAvg workload.
+"""lightning_fl vs a plain PyTorch loop vs pfl-research vs Flower's simulation engine on the same FedAvg workload.
 
 Frameworks: ``lightning_fl`` (Trainer(strategy=FedAvgStrategy)), ``plain`` (hand-written loop),
-``flower`` (Flower simulation, plain PyTorch ClientApp), ``flower_lightning`` (Flower simulation, a
-ClientApp that runs a Lightning Trainer per round). Workloads: ``mnist_e1`` / ``mnist_e5`` (100 IID
+``pfl`` (pfl-research's simulator, PyTorch backend, in its own venv), ``flower`` (Flower simulation, plain
+PyTorch ClientApp), ``flower_lightning`` (Flower simulation, a ClientApp that runs a Lightning Trainer per
+round). Workloads: ``mnist_e1`` / ``mnist_e5`` (100 IID
 clients x 600 MNIST images, 10 per round, B=10, E=1 / 5) and ``cross_device`` (1,000 clients x 60,
 100 per round, E=1, global evaluation on the 10k test images after every round).
 
 Every framework x workload runs in its own subprocess, one at a time, workload by workload with the
-frameworks in sequence. Per run: seconds per round (median of the measured rounds, after warm-up),
+frameworks in sequence; ``--repeat N`` does that N times (the frameworks' order rotated each time) and
+reports medians over the repetitions. Per run: seconds per round (median of the measured rounds, after warm-up),
 the training part of a round (up to the end of aggregation, before global evaluation), startup
 (subprocess launch to the first client's training begun: Flower's server starts round 1 before Ray's
 actors exist, so "round 1 begun" alone would hide Ray's start; that mark is in the JSON as
@@ -15,6 +17,7 @@ startup_first_round_s) and peak memory of the process tree (RSS summed over the
 worker and all its descendants, e.g. Ray's raylet/GCS/actors, sampled from /proc every 0.2 s; PSS too).
 
     bash benchmarks/flower/setup_env.sh                       # once: the venv with flwr[simulation]
+    bash benchmarks/flower/setup_pfl_env.sh                   # once: pfl-research's own venv
     python benchmarks/flower/compare.py --json /tmp/flower.json
     python benchmarks/flower/compare.py --quick --synthetic --frameworks lightning_fl,plain --json /tmp/q.json
 """
@@ -38,7 +41,8 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
 VENV_PYTHON = HERE / ".venv" / "bin" / "python"
-FRAMEWORKS = ("lightning_fl", "plain", "flower", "flower_lightning")
+PFL_VENV_PYTHON = HERE / ".venv-pfl" / "bin" / "python"
+FRAMEWORKS = ("lightning_fl", "plain", "pfl", "flower", "flower_lightning")
 FLOWER_FRAMEWORKS = ("flower", "flower_lightning")
 WORKLOADS = ("mnist_e1", "mnist_e5", "cross_device")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -63,6 +67,10 @@ def worker_main(framework: str, spec_json: str, out: str) -> int:
         run_plain(spec, clock)
     elif framework == "lightning_fl":
         run_lightning_fl(spec, clock)
+    elif framework == "pfl":
+        from pfl_apps import run_pfl
+
+        run_pfl(spec, clock)
     else:
         from flower_apps import run_flower
 
@@ -72,13 +80,20 @@ def worker_main(framework: str, spec_json: str, out: str) -> int:
 
 
 def versions_main() -> int:
-    """Prints the worker interpreter's package versions as JSON (flwr/ray absent -> null)."""
+    """Prints the worker interpreter's package versions as JSON (flwr/ray/pfl absent -> null)."""
+    import importlib.metadata
+    import importlib.util
+
     found: dict[str, Optional[str]] = {}
     for name in ("torch", "lightning", "flwr", "ray"):
         try:
             found[name] = __import__(name).__version__
         except Exception:  # noqa: BLE001 - any import failure means "not usable here"
             found[name] = None
+    try:  # pfl's import sets up its framework machinery; its presence and version are enough here
+        found["pfl"] = importlib.metadata.version("pfl") if importlib.util.find_spec("pfl") else None
+    except Exception:  # noqa: BLE001
+        found["pfl"] = None
     print(json.dumps(found))
     return 0
 
@@ -238,9 +253,51 @@ def run_one(python: str, framework: str, spec: dict[str, Any], logdir: Path, tim
         startup_first_round_s=marks["begin"][0] - launched,
         torch_threads=marks["threads"],
         test_acc=marks["test_acc"],
+        weights_sum=marks.get("weights_sum"),
         wall_s=time.time() - launched,
     )
     return row
+
+
+MEDIAN_KEYS = ("s_per_round", "train_s_per_round", "startup_s", "startup_first_round_s", "peak_rss_mib",
+               "peak_pss_mib", "wall_s")  # fmt: skip
+
+
+def aggregate_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per framework x workload: the median over its repetitions of each run's figures.
+
+    A single repetition gives that run's row unchanged (plus ``repetitions``). Failed repetitions are left
+    out; if all failed, the row is the first failure.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["framework"], r["workload"]), []).append(r)
+    rows = []
+    for (framework, workload), group in groups.items():
+        ok = [r for r in group if "error" not in r]
+        if not ok:
+            rows.append({**group[0], "repetitions": 0, "failed_repetitions": len(group)})
+            continue
+        if len(ok) == 1:
+            row = {k: v for k, v in ok[0].items() if k != "rep"}
+        else:
+            row = {"framework": framework, "workload": workload, "logs": [r["log"] for r in ok]}
+            for key in MEDIAN_KEYS:
+                row[key] = _median([r[key] for r in ok])
+            row["rounds_s"] = [t for r in ok for t in r["rounds_s"]]
+            row["train_rounds_s"] = [t for r in ok for t in r["train_rounds_s"]]
+            row["torch_threads"] = ok[0]["torch_threads"]
+            row["test_acc"] = ok[-1]["test_acc"]
+            row["test_acc_per_rep"] = [r["test_acc"] for r in ok]
+            row["weights_sum"] = ok[-1].get("weights_sum")
+            row["max_procs"] = max(r.get("max_procs", 0) for r in ok)
+        row["repetitions"] = len(ok)
+        row["s_per_round_per_rep"] = [r["s_per_round"] for r in ok]
+        row["train_s_per_round_per_rep"] = [r["train_s_per_round"] for r in ok]
+        if len(ok) < len(group):
+            row["failed_repetitions"] = len(group) - len(ok)
+        rows.append(row)
+    return rows
 
 
 def worker_versions(python: str) -> dict[str, Optional[str]]:
@@ -258,7 +315,7 @@ def format_table(headers: list[str], rows: list[list[Any]]) -> str:
         return f"{v:.3g}" if isinstance(v, float) and abs(v) < 100 else (f"{v:.0f}" if isinstance(v, float) else str(v))
 
     cells = [[cell(v) for v in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
@@ -288,7 +345,15 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "passed": lf["s_per_round"] <= fl["s_per_round"],
                 }
             )
-    lf = ok.get(("cross_device", "lightning_fl"))
+    lf, pf = ok.get(("cross_device", "lightning_fl")), ok.get(("cross_device", "pfl"))
+    if lf and pf:
+        verdicts.append(
+            {
+                "target": "cross_device: lightning_fl training part <= pfl-research's",
+                "value": f"{lf['train_s_per_round']:.3f} s vs {pf['train_s_per_round']:.3f} s",
+                "passed": lf["train_s_per_round"] <= pf["train_s_per_round"],
+            }
+        )
     if lf and "train_ratio_vs_plain" in lf:
         verdicts.append(
             {
@@ -300,8 +365,8 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return verdicts
 
 
-FRAMEWORK_LABELS = {"lightning_fl": "lightning_fl", "plain": "plain PyTorch", "flower": "Flower, plain client",
-                    "flower_lightning": "Flower, Lightning client"}  # fmt: skip
+FRAMEWORK_LABELS = {"lightning_fl": "lightning_fl", "plain": "plain PyTorch", "pfl": "pfl-research",
+                    "flower": "Flower, plain client", "flower_lightning": "Flower, Lightning client"}  # fmt: skip
 
 
 def write_figure(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -316,18 +381,22 @@ def write_figure(path: Path, rows: list[dict[str, Any]]) -> None:
     def draw(axes: list[Any]) -> None:
         width = 0.8 / max(1, len(frameworks))
         for ax, key, title in zip(axes, ("s_per_round", "startup_s", "peak_rss_mib"),
-                                  ("seconds per round (hatched: training part)", "startup (s)", "peak RSS (MiB)")):  # fmt: skip
+                                  ("s/round (hatched: training; dots: repetitions)", "startup (s)", "peak RSS (MiB)")):  # fmt: skip
             for k, f in enumerate(frameworks):
-                xs, ys, train = [], [], []
+                xs, ys, train, reps = [], [], [], []
                 for w, workload in enumerate(workloads):
                     row = next((r for r in done if r["framework"] == f and r["workload"] == workload), None)
                     if row is not None:
                         xs.append(w + (k - (len(frameworks) - 1) / 2) * width)
                         ys.append(row[key])
                         train.append(row["train_s_per_round"])
+                        reps.append(row.get("train_s_per_round_per_rep", []))
                 ax.bar(xs, ys, width=width, color=f"C{k}", label=FRAMEWORK_LABELS[f] if ax is axes[0] else None)
                 if key == "s_per_round":
                     ax.bar(xs, train, width=width, fill=False, hatch="//", edgecolor="white", linewidth=0)
+                    for x, values in zip(xs, reps):  # each repetition's training part (medians are the bars)
+                        if len(values) > 1:
+                            ax.plot([x] * len(values), values, "k.", markersize=3)
             ax.set_xticks(range(len(workloads)))
             ax.set_xticklabels(workloads)
             ax.set_title(title)
@@ -348,6 +417,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     )
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds before them (default 1)")
     p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="repetitions of the whole sequence (frameworks alternated, order rotated); medians over them",
+    )
+    p.add_argument(
         "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)"
     )
     p.add_argument(
@@ -362,9 +437,18 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write all results as JSON")
     p.add_argument("--png", type=Path, default=None, metavar="PATH", help="write the figure (needs matplotlib)")
-    p.add_argument("--setup", action="store_true", help="run setup_env.sh first (builds .venv with flwr)")
+    p.add_argument(
+        "--setup",
+        action="store_true",
+        help="run setup_env.sh / setup_pfl_env.sh first (builds .venv with flwr, .venv-pfl with pfl)",
+    )
     p.add_argument(
         "--python", default=None, help="interpreter for the workers (default: .venv's if built, else this one)"
+    )
+    p.add_argument(
+        "--pfl-python",
+        default=None,
+        help="interpreter for the pfl worker (default: .venv-pfl's if built, else the workers' interpreter)",
     )
     p.add_argument("--logdir", type=Path, default=None, help="worker logs (default: a new temp dir)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run before it is killed")
@@ -385,8 +469,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     bad += [w for w in [*args.workloads, *args.rounds_for] if w not in WORKLOADS]
     if bad:
         p.error(f"unknown framework/workload: {', '.join(bad)}")
-    if min([args.rounds, *args.rounds_for.values()]) < 1 or args.warmup < 0 or args.threads < 1:
-        p.error("need --rounds >= 1, --warmup >= 0, --threads >= 1")
+    if min([args.rounds, *args.rounds_for.values()]) < 1 or args.warmup < 0 or args.threads < 1 or args.repeat < 1:
+        p.error("need --rounds >= 1, --warmup >= 0, --threads >= 1, --repeat >= 1")
     return args
 
 
@@ -399,39 +483,62 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.synthetic and not args.data.is_file():
         sys.exit(f"error: --data: no MNIST file at '{args.data}'; pass --data PATH to an mnist.npz, or use --synthetic")
     if args.setup:
-        subprocess.run(["bash", str(HERE / "setup_env.sh")], check=True)
+        if any(f in FLOWER_FRAMEWORKS for f in args.frameworks):
+            subprocess.run(["bash", str(HERE / "setup_env.sh")], check=True)
+        if "pfl" in args.frameworks:
+            subprocess.run(["bash", str(HERE / "setup_pfl_env.sh")], check=True)
     python = args.python or (str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable)
+    pfl_python = args.pfl_python or (str(PFL_VENV_PYTHON) if PFL_VENV_PYTHON.exists() else python)
     versions = worker_versions(python)
     frameworks = list(args.frameworks)
     skipped = []
+    skipped_rows = []
     if not (versions.get("flwr") and versions.get("ray")):
         for f in [f for f in frameworks if f in FLOWER_FRAMEWORKS]:
             frameworks.remove(f)
             skipped.append(f)
+            skipped_rows.append({"framework": f, "reason": "flwr[simulation] not importable"})
         if skipped:
             print(
                 f"note: flwr[simulation] is not importable by {python}; skipped {', '.join(skipped)} "
                 f"(run benchmarks/flower/setup_env.sh or pass --setup)"
             )
+    if "pfl" in frameworks:
+        pfl_versions = worker_versions(pfl_python) if pfl_python != python else versions
+        versions["pfl"] = pfl_versions.get("pfl")
+        if not versions["pfl"]:
+            frameworks.remove("pfl")
+            skipped_rows.append({"framework": "pfl", "reason": "pfl not importable"})
+            print(
+                f"note: pfl is not importable by {pfl_python}; skipped pfl "
+                f"(run benchmarks/flower/setup_pfl_env.sh or pass --setup)"
+            )
+    interpreter = {f: pfl_python if f == "pfl" else python for f in frameworks}
     # The plain loop first: it is every ratio's denominator.
     frameworks.sort(key=lambda f: (f != "plain", FRAMEWORKS.index(f)))
     logdir = args.logdir or Path(tempfile.mkdtemp(prefix="flower-compare-"))
     logdir.mkdir(parents=True, exist_ok=True)
     print(f"workers: {python} ({', '.join(f'{k} {v}' for k, v in versions.items())}); logs in {logdir}", flush=True)
+    if "pfl" in frameworks and pfl_python != python:
+        print(f"pfl worker: {pfl_python}", flush=True)
 
+    runs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    skipped_rows = [{"framework": f, "reason": "flwr[simulation] not importable"} for f in skipped]
 
     def payload() -> dict[str, Any]:
+        rows[:] = aggregate_runs(runs)
         add_ratios(rows)
         return {
             "benchmark": "flower_compare",
             "versions": versions,
             "python": python,
+            "pfl_python": pfl_python if "pfl" in frameworks else None,
+            "repeat": args.repeat,
             "config": {w: workload_spec(w, args) for w in args.workloads},
             "frameworks": frameworks,
             "skipped": skipped_rows,
             "rows": rows,
+            "runs": runs,
             "targets": check_targets(rows),
         }
 
@@ -440,22 +547,33 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(payload(), indent=2) + "\n")
 
-    for w in args.workloads:
-        spec = workload_spec(w, args)
-        for f in frameworks:
-            row = run_one(python, f, spec, logdir, args.timeout)
-            rows.append(row)
-            if "error" in row:
-                print(f"{w:>13} {f:>17}: FAILED ({row['error']})", flush=True)
-            else:
-                print(
-                    f"{w:>13} {f:>17}: {row['s_per_round']:.3f} s/round (train {row['train_s_per_round']:.3f} s), "
-                    f"startup {row['startup_s']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB, "
-                    f"threads {row['torch_threads']}, rounds {[round(t, 3) for t in row['rounds_s']]}",
-                    flush=True,
-                )
-            save()
-    verdicts = payload()["targets"]
+    def report(rep: int, w: str, f: str, row: dict[str, Any]) -> None:
+        tag = f"[{rep + 1}/{args.repeat}] " if args.repeat > 1 else ""
+        if "error" in row:
+            print(f"{tag}{w:>13} {f:>17}: FAILED ({row['error']})", flush=True)
+        else:
+            print(
+                f"{tag}{w:>13} {f:>17}: {row['s_per_round']:.3f} s/round (train {row['train_s_per_round']:.3f} s), "
+                f"startup {row['startup_s']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB, "
+                f"threads {row['torch_threads']}, rounds {[round(t, 3) for t in row['rounds_s']]}",
+                flush=True,
+            )
+
+    for rep in range(args.repeat):
+        # Rotate the order each repetition so that no framework always runs first or right after another.
+        order = frameworks[rep % len(frameworks) :] + frameworks[: rep % len(frameworks)] if frameworks else []
+        for w in args.workloads:
+            spec = workload_spec(w, args)
+            for f in order:
+                rep_dir = logdir / f"rep{rep + 1}" if args.repeat > 1 else logdir
+                rep_dir.mkdir(parents=True, exist_ok=True)
+                row = run_one(interpreter[f], f, spec, rep_dir, args.timeout)
+                row["rep"] = rep
+                runs.append(row)
+                report(rep, w, f, row)
+                save()
+    payload()  # fills `rows` (medians over repetitions)
+    verdicts = check_targets(rows)
     if args.json:
         print(f"wrote {args.json}")
     if args.png:
@@ -474,6 +592,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "peak RSS MiB",
         "peak PSS MiB",
         "test acc",
+        "reps",
     ]
     table = [
         [
@@ -487,9 +606,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             r.get("peak_rss_mib"),
             r.get("peak_pss_mib"),
             r.get("test_acc"),
+            r.get("repetitions"),
         ]
         if "error" not in r
-        else [r["framework"], r["workload"], "FAILED", None, None, None, None, None, None, None]
+        else [r["framework"], r["workload"], "FAILED", None, None, None, None, None, None, None, 0]
         for r in rows
     ]
     print(format_table(headers, table))
