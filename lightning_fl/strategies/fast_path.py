@@ -38,7 +38,7 @@ from lightning_fl.errors import FederatedConfigError
 from lightning_fl.federated.attacks import ModelPoisoning
 from lightning_fl.federated.sampling import client_batches
 from lightning_fl.federated.schedule import ClientJob, RoundPlan
-from lightning_fl.strategies.round_data import identity_collate, make_fetch
+from lightning_fl.strategies.round_data import identity_collate, make_fetch, worker_settings
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
@@ -129,21 +129,9 @@ def round_items(plan: RoundPlan, world_size: int) -> list[Optional[ClientJob]]:
 
 def rebuild_item_loader(loader: DataLoader, dataset: ClientItemDataset) -> DataLoader:
     """A loader like the user's (workers, pinning) that yields one client item per step."""
-    kwargs: dict = dict(
-        batch_size=None,
-        sampler=_Range(len(dataset)),
-        num_workers=loader.num_workers,
-        collate_fn=identity_collate,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        pin_memory_device=loader.pin_memory_device,
-    )
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
-        kwargs["persistent_workers"] = False  # the item dataset is new every round
-    return DataLoader(dataset, **kwargs)
+    # Workers never persist: the item dataset is new every round.
+    settings = worker_settings(loader, persistent_workers=False)
+    return DataLoader(dataset, batch_size=None, sampler=_Range(len(dataset)), collate_fn=identity_collate, **settings)
 
 
 # ---------------------------------------------------------------------------------------------- decision

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_fl.federated.compression import allreduce_bytes
 from lightning_fl.federated.evaluation import distribution
+from lightning_fl.strategies.round_data import tensor_batches
 
 CLIENT_METRICS_FILENAME = "client_metrics.csv"
 _REDUCERS = {"mean": "mean", "sum": "sum", "max": "max", "min": "min"}
@@ -149,15 +150,13 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
 
 
 def _batches(dataset: Dataset, indices: torch.Tensor, batch_size: int, collate_fn: Any) -> Iterator[Any]:
-    """The held-out samples in order, ``batch_size`` at a time. A ``TensorDataset`` with torch's default
-    collate is sliced directly: the same batches as per-sample fetch and stacking, without the per-sample cost."""
-    from torch.utils.data import TensorDataset
-    from torch.utils.data._utils.collate import default_collate
-
-    if isinstance(dataset, TensorDataset) and collate_fn is default_collate:
+    """The held-out samples in order, ``batch_size`` at a time; a plain ``TensorDataset`` with torch's default
+    collate is sliced directly (the same batches as per-sample fetch and stacking, see ``tensor_batches``)."""
+    tensors = tensor_batches(dataset, collate_fn)
+    if tensors is not None:
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
-            yield [t[chunk] for t in dataset.tensors]
+            yield [t[chunk] for t in tensors]
         return
     yield from DataLoader(dataset, batch_size=batch_size, sampler=indices.tolist(), collate_fn=collate_fn)
 

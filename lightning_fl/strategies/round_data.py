@@ -140,10 +140,13 @@ def rebuild_loader(dataloader: DataLoader, batch_sampler: RoundBatchSampler) -> 
     tensors = tensor_batches(dataset, collate_fn)
     if tensors is not None:  # the same batches, by indexing instead of per-sample fetch and collate
         dataset, collate_fn = TensorBatchDataset(tensors), identity_collate
-    kwargs: dict = dict(
-        batch_sampler=batch_sampler,
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, **worker_settings(dataloader))
+
+
+def worker_settings(dataloader: DataLoader, persistent_workers: Optional[bool] = None) -> dict[str, Any]:
+    """The user's loading settings (workers, pinning, timeout) for a loader we rebuild around their dataset."""
+    kwargs: dict[str, Any] = dict(
         num_workers=dataloader.num_workers,
-        collate_fn=collate_fn,
         pin_memory=dataloader.pin_memory,
         timeout=dataloader.timeout,
         worker_init_fn=dataloader.worker_init_fn,
@@ -152,5 +155,5 @@ def rebuild_loader(dataloader: DataLoader, batch_sampler: RoundBatchSampler) -> 
     )
     if dataloader.num_workers > 0:
         kwargs["prefetch_factor"] = dataloader.prefetch_factor
-        kwargs["persistent_workers"] = dataloader.persistent_workers
-    return DataLoader(dataset, **kwargs)
+        kwargs["persistent_workers"] = dataloader.persistent_workers if persistent_workers is None else persistent_workers
+    return kwargs
