@@ -311,3 +311,13 @@ def test_the_evaluation_gather_is_counted_in_comm_bytes(tmp_path: Path) -> None:
     names = (1 * (8 + len(pickle.dumps(["val_acc"]))))  # all_gather_object of the metric names, W = 2
     table = allreduce_bytes(5 * (2 * 1 + 1), 2, 8)  # [clients, 2 * metrics + 1] float64
     assert with_eval["metrics"]["fl/comm_bytes"] - without["metrics"]["fl/comm_bytes"] == names + table
+
+
+def test_a_module_without_validation_step_is_a_one_line_error(tmp_path: Path) -> None:
+    class NoValidation(RecordingModule):
+        validation_step = L.LightningModule.validation_step  # the base class's: not overridden
+
+    strategy = lightning_fl.FedAvgStrategy(num_clients=4, eval_fraction=0.25)
+    with pytest.raises(FederatedConfigError, match="eval_fraction=0.25: .*NoValidation has none") as info:
+        fit_in_process(strategy, NoValidation(), TinyData(), rounds=1, default_root_dir=str(tmp_path), limit_val_batches=0)
+    assert "\n" not in str(info.value)

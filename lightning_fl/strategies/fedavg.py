@@ -42,6 +42,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
@@ -502,6 +503,11 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             self._restore(self._pending_state)
             self._pending_state = None
         self._warn_about_step_schedulers()
+        if self.eval_fraction > 0 and not is_overridden("validation_step", module):
+            raise FederatedConfigError(
+                f"eval_fraction={self.eval_fraction}: federated evaluation runs the module's validation_step, and "
+                f"{type(module).__name__} has none; define it or set eval_fraction=0"
+            )
         self._fast.reset()
         # Round statistics are identical on every rank by construction; no need to sync them.
         warnings.filterwarnings("ignore", message=r".*self\.log\('fl/.*sync_dist=True.*")
