@@ -766,10 +766,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         job, plan = self._job, self._plan
         assert job is not None and plan is not None
         self._client_failed = self._padding = True
-        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
-        # Not trainer.log_dir: it broadcasts, and only this process is here.
-        base = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
-        path = os.path.join(base, "client_errors.log")
+        path = os.path.join(self._files_dir(), "client_errors.log")
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
@@ -1101,6 +1098,12 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
             rank_zero_warn(f"lightning_fl: stopping after round {plan.round_idx + 1}: {stop}")
             trainer.should_stop = True  # the epoch (round) ends normally first
 
+    def _files_dir(self) -> str:
+        """Where the strategy writes files beside the logs (client errors, per-client metrics). Not
+        ``trainer.log_dir``: it broadcasts, and the callers run on one process only."""
+        trainer = self.lightning_module.trainer  # type: ignore[union-attr]
+        return getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
+
     def _federated_evaluation(self, round_idx: int) -> dict[str, float]:
         """Evaluate the new global model on the sampled clients' held-out data; every process gets the same
         statistics. Clients are spread over processes by their place in the sample (silos: their own)."""
@@ -1120,10 +1123,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         local = evaluate_clients(self, mine, dataset, collate_fn, batch_size)
         table = gather_table(local, client_ids, self.world_size, self.root_device)
         if self.is_global_zero:
-            trainer = self.lightning_module.trainer  # type: ignore[union-attr]
-            base = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir  # no broadcast: rank 0 only
             try:
-                append_rows(os.path.join(base, CLIENT_METRICS_FILENAME), table.rows(round_idx))
+                append_rows(os.path.join(self._files_dir(), CLIENT_METRICS_FILENAME), table.rows(round_idx))
             except OSError as error:
                 rank_zero_warn(f"lightning_fl: could not write {CLIENT_METRICS_FILENAME}: {error}")
         stats = table.stats()

@@ -27,7 +27,7 @@ from lightning_fl.federated.evaluation import distribution
 from lightning_fl.strategies.round_data import tensor_batches
 
 CLIENT_METRICS_FILENAME = "client_metrics.csv"
-_REDUCERS = {"mean": "mean", "sum": "sum", "max": "max", "min": "min"}
+_REDUCERS = ("mean", "sum", "max", "min")
 
 
 def _reducer(reduce_fx: Any) -> str:
