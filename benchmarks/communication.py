@@ -18,9 +18,9 @@ For models of several sizes (MLPs of ~10k, ~100k, ~1M parameters and McMahanCNN,
 
 * ``FedAvgStrategy(compression=...)`` (``--compressions``: none, 8-bit, top-k 10 % / 1 % / 0.1 % by default)
   on ``--compression-model`` (McMahanCNN), with the same windows as plain FedAvg: the exchange of the
-  compressed uploads (an all-gather of two counts, then of every client's fixed-size record) also runs in
-  the round's last step. ``fl/comm_bytes`` there is what the strategy logs: the exchange, by the ring
-  all-gather formula, plus the all-reduce of the round's bookkeeping values. The gather moves every
+  compressed uploads (one all-gather of a block per rank: counts, the round's bookkeeping sums and every
+  client's fixed-size record) also runs in the round's last step. ``fl/comm_bytes`` there is what the
+  strategy logs: the exchange, by the ring all-gather formula. The gather moves every
   client's upload, so the rows are per number of clients a process trains in the round
   (``--compression-clients-per-rank``, default 1 and 2: clients_per_round = 2 or 4 with 2 processes);
   1 is the cross-silo case and the issue's target (8-bit >= 3.5x, top-k 1 % >= 20x fewer bytes than none).
@@ -459,7 +459,7 @@ def formula_rows(params: int, specs: list[str], bookkeeping: float, none_extra: 
     """Bytes per rank per round from the formulas, W = 2, for more clients per round than measured.
 
     none: the ring all-reduce of P + 2 float32 values, whatever the number of clients; compressed: the
-    exchange (counts + C/W records per rank) plus the bookkeeping all-reduce (read off the logged rows).
+    exchange (counts + C/W records per rank) plus the bookkeeping sums it carries (read off the logged rows).
     """
     rows = []
     for clients in FORMULA_CLIENTS_PER_ROUND:
@@ -558,7 +558,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if crows:
         first = next((r for r in crows if r["compression"] != "none"), crows[0])
         comp = make_compressor(first["compression"])
-        # What the logged rows add beyond the exchange: the all-reduce of the round's bookkeeping values.
+        # What the logged rows add beyond the exchange's records: the round's bookkeeping sums in the block.
         bookkeeping = (
             first["logged_bytes_per_rank_round"]
             - exchange_bytes(first["clients_per_rank"], comp, first["params"], WORLD)

@@ -214,7 +214,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=5, help="rounds between test evaluations (the last always)")
     p.add_argument("--partitions", default="iid,shards")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {', '.join(VARIANTS)}".replace("%", "%%"))
     p.add_argument("--quick", action="store_true", help="20 clients x 30 images, 4 per round, 2 rounds, 1 seed, iid, 3 variants")
     add_common_args(p)
     args = p.parse_args(argv)

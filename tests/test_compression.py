@@ -355,6 +355,15 @@ def test_one_process_sum_is_the_weighted_sum_in_key_order():
     assert torch.equal(exact, direct)
 
 
+def test_more_uploads_than_slots_is_refused_before_any_collective():
+    c = TopK(0.5)
+    uploads = CompressedUploads(c, 4)
+    for key in range(3):
+        uploads.add(key, 0.5, c.compress(torch.ones(4)))
+    with pytest.raises(ValueError, match="3 uploads on this rank but only 2 slots"):
+        uploads.exchange(slots=2)
+
+
 def test_duplicate_keys_are_refused():
     c = TopK(0.5)
     uploads = CompressedUploads(c, 4)
@@ -383,6 +392,13 @@ def _exchange_worker(rank: int, init_file: str, out_dir: str) -> None:
             lonely.add(2, 1.0, COMPRESSORS[1].compress(_client_update(2, NUMEL)))
         results["lonely"] = lonely.exchange()
         results["empty"] = CompressedUploads(COMPRESSORS[1], NUMEL).exchange()
+        planned = CompressedUploads(COMPRESSORS[1], NUMEL)
+        payloads = _uploads(COMPRESSORS[1], SPLIT[rank], WEIGHTS, NUMEL)
+        for key in SPLIT[rank]:
+            planned.add(key, WEIGHTS[key], payloads[key])
+        sums = torch.tensor([0.5, 2.0, -1.0]) if rank == 0 else torch.tensor([10.0, 20.0, 30.0])
+        results["planned"] = planned.exchange(slots=4, bookkeeping=sums)
+        results["sums"] = sums
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -405,19 +421,25 @@ def test_two_gloo_processes_get_the_one_process_sum_bit_for_bit(tmp_path):
             assert torch.equal(result.values, expected)
             assert result.keys == (0, 1, 3, 4) and result.rejected == 1
             assert result.total_weight == sum(WEIGHTS[k] for k in (0, 1, 3, 4))
-            # counts: 16 bytes; records: max(3, 1) = 3 slots of record_nbytes; ring all-gather, W - 1 = 1.
-            assert result.bytes_sent == 16 + 3 * record_nbytes(compressor, NUMEL)
-            assert result.bytes_sent == exchange_bytes(3, compressor, NUMEL, 2)
+            # Without slots: the counts (16 bytes), then blocks of counts + max(3, 1) = 3 records; W - 1 = 1.
+            assert result.bytes_sent == 16 + 16 + 3 * record_nbytes(compressor, NUMEL)
+            assert result.bytes_sent == exchange_bytes(3, compressor, NUMEL, 2, counts_first=True)
         for each in (r[i, "each"] for r in ranks):  # every client's decoded update, for robust rules
             assert [(key, weight) for key, weight, _ in each] == [(k, WEIGHTS[k]) for k in (0, 1, 3, 4)]
             for key, _, update in each:
                 assert torch.equal(update, compressor.decompress(payloads[key]))
     for r in ranks:
-        assert r["lonely"].keys == (2,) and r["lonely"].bytes_sent == 16 + record_nbytes(COMPRESSORS[1], NUMEL)
+        assert r["lonely"].keys == (2,) and r["lonely"].bytes_sent == 32 + record_nbytes(COMPRESSORS[1], NUMEL)
         assert torch.equal(
             r["lonely"].values, COMPRESSORS[1].decompress(COMPRESSORS[1].compress(_client_update(2, NUMEL)))
         )
-        assert r["empty"].keys == () and r["empty"].bytes_sent == 16 and not r["empty"].values.any()
+        assert r["empty"].keys == () and r["empty"].bytes_sent == 32 and not r["empty"].values.any()
+        # With slots known and the caller's sums along: one collective, the sums added over ranks.
+        planned = r["planned"]
+        assert torch.equal(planned.values, ranks[0][1].values) and planned.keys == (0, 1, 3, 4)
+        assert planned.bytes_sent == 16 + 16 + 4 * record_nbytes(COMPRESSORS[1], NUMEL)
+        assert planned.bytes_sent == exchange_bytes(4, COMPRESSORS[1], NUMEL, 2, bookkeeping_nbytes=12)
+        assert r["sums"].tolist() == [0.5 + 10.0, 2.0 + 20.0, -1.0 + 30.0]
 
 
 def test_byte_formulas_by_hand():

@@ -49,6 +49,7 @@ def both_paths(
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "batches": trainer.num_training_batches,
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "direct": strategy._fast._direct is not None,
         })
     return out[0], out[1]
 
@@ -62,6 +63,99 @@ def assert_identical(ordinary: dict, fast: dict) -> None:
     assert fast["lr"] == ordinary["lr"]
     # The fast path really ran: one Lightning step per client instead of one per local batch.
     assert fast["batches"] < ordinary["batches"]
+
+
+def test_direct_local_steps_call_every_overridden_hook_as_lightning_does():
+    """The fast path's own step loop against Lightning's closure: the same hooks, in the same order, seeing the
+    same gradients and losses, with self.log working inside them; then the same weights."""
+    runs = []
+    for fast in (False, True):
+        torch.manual_seed(1)
+        module = HookedModule(gamma=0.9, momentum=0.9, batchnorm=False)
+        recorder = HookRecorder()
+        strategy = FedAvgStrategy(**SETTINGS, client_algorithm=FedProx(mu=0.1), fast_path=fast)
+        trainer = fit_in_process(strategy, module, TinyData(), ROUNDS, callbacks=[recorder], gradient_clip_val=0.5)
+        runs.append((module, recorder, trainer, strategy))
+    (ordinary, ordinary_cb, ordinary_trainer, _), (fast, fast_cb, fast_trainer, strategy) = runs
+    assert strategy._fast._direct is not None and fast_trainer.num_training_batches < ordinary_trainer.num_training_batches
+    assert len(fast.events) > 50 and fast.events == ordinary.events
+    assert fast_cb.events == ordinary_cb.events
+    assert {name for name, _ in fast_cb.events} == {"on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step"}
+    assert {fx for _, fx in fast_cb.events} == {"on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step"}
+    for key, value in ordinary.state_dict().items():
+        assert torch.equal(value, fast.state_dict()[key]), key
+    for name in ("grad_norm", "train_loss"):  # logged from two hooks: reset only in the epoch's first batch
+        assert float(fast_trainer.callback_metrics[name]) == float(ordinary_trainer.callback_metrics[name]), name
+
+
+def test_a_profiler_keeps_lightnings_own_optimizer_step_on_the_fast_path():
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    ordinary, fast = both_paths(module_kwargs=dict(gamma=0.9), profiler=SimpleProfiler())
+    assert_identical(ordinary, fast)
+    assert not fast["direct"]
+
+
+class NoBatchIndex(TinyModule):
+    def training_step(self, batch: Any) -> torch.Tensor:  # type: ignore[override]
+        return super().training_step(batch, 0)
+
+
+def test_a_training_step_without_batch_idx():
+    ordinary, fast = both_paths(module_cls=NoBatchIndex)
+    assert_identical(ordinary, fast)
+    assert fast["direct"]
+
+
+def _grad_norm(module: L.LightningModule) -> float:
+    return sum(float((p.grad.double() ** 2).sum()) for p in module.parameters() if p.grad is not None) ** 0.5
+
+
+class HookedModule(TinyModule):
+    """Overrides the per-optimizer-step hooks and records what each one sees."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.events: list[tuple] = []
+
+    def on_before_zero_grad(self, optimizer: Any) -> None:
+        self.events.append(("zero_grad", _grad_norm(self)))
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self.events.append(("before_backward", float(loss)))
+
+    def on_after_backward(self) -> None:
+        self.events.append(("after_backward", _grad_norm(self)))
+        self.log("grad_norm", _grad_norm(self), on_step=False, on_epoch=True)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.events.append(("before_step", _grad_norm(self)))
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
+        self.events.append(("clip", gradient_clip_val, _grad_norm(self)))
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+class HookRecorder(L.Callback):
+    """Per-optimizer-step callback hooks (not per batch: the fast path may run with them)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def _seen(self, name: str, module: L.LightningModule) -> None:
+        self.events.append((name, module._current_fx_name))
+
+    def on_before_zero_grad(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
+        self._seen("on_before_zero_grad", module)
+
+    def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: torch.Tensor) -> None:
+        self._seen("on_before_backward", module)
+
+    def on_after_backward(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._seen("on_after_backward", module)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: Any) -> None:
+        self._seen("on_before_optimizer_step", module)
 
 
 def test_automatic_optimization_clipping_and_epoch_lr_scheduler():
@@ -199,7 +293,7 @@ def test_every_rank_runs_as_many_items_as_the_busiest():
     # 5 clients over 2 ranks: 3 and 2 clients, so rank 1 pads one item.
     steps = [4, 1, 1, 3, 2]
     plans = [plan_round(0, list(range(5)), [10] * 5, steps, 2, r) for r in range(2)]
-    items = [round_items(p, 2) for p in plans]
+    items = [round_items(p) for p in plans]
     assert len(items[0]) == len(items[1]) == max(len([j for j in p.jobs if j.num_steps]) for p in plans)
     assert sum(i is None for i in items[0] + items[1]) == 1
 

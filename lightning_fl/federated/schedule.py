@@ -45,6 +45,14 @@ class RoundPlan:
         return sum(j.num_steps for j in self.jobs)
 
     @property
+    def most_clients_per_rank(self) -> int:
+        """The most clients any rank trains this round: the same number on every rank."""
+        counts: dict[int, int] = {}
+        for rank in self.round_owner_ranks:
+            counts[rank] = counts.get(rank, 0) + 1
+        return max(counts.values(), default=len(self.jobs))
+
+    @property
     def idle_jobs(self) -> tuple[ClientJob, ...]:
         """Sampled clients too small for a single batch (``drop_last``): they return the global model."""
         return tuple(j for j in self.jobs if j.num_steps == 0)

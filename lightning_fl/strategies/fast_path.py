@@ -7,13 +7,15 @@ regime (many clients with a few batches each) that machinery is a visible share 
 
 On the fast path the round's loader yields one item per client (the list of its collated batches), plus
 padding items so every process runs the same number of Lightning steps. The strategy's
-``optimizer_step`` then calls Lightning's own ``Strategy.optimizer_step`` (precision plugin, closure,
-``training_step``, ``zero_grad``, ``backward``, the ``on_before_*``/``on_after_backward`` hooks, gradient
-clipping, the optimizer and the client algorithm's gradient correction) once per local batch, with
-``training_step`` handed the current sub-batch and the batch index the ordinary path would have used.
-What runs per local batch is therefore exactly what runs per Lightning step today, and the weights are
-bit-identical. Lightning's step counters are advanced per local batch as well, so ``trainer.global_step``
-(checkpoint names, the loggers' x-axis) matches the ordinary path.
+``optimizer_step`` then runs the client's local batches one after another, each through the sequence of
+Lightning's automatic optimization (``training_step`` with the current sub-batch and the batch index the
+ordinary path would have used, ``zero_grad``, ``backward``, the ``on_before_*``/``on_after_backward``
+hooks, the client algorithm's gradient correction, gradient clipping, the optimizer). With the 32-bit or
+bf16-mixed precision plugin and no profiler, ``local_steps.DirectSteps`` runs that sequence itself and
+calls only the hooks someone overrides; otherwise each local batch goes through Lightning's own
+``Strategy.optimizer_step``. Either way the weights are bit-identical to the ordinary path. Lightning's
+step counters are advanced per local batch as well, so ``trainer.global_step`` (checkpoint names, the
+loggers' x-axis) matches the ordinary path.
 
 What cannot run once per client is anything that observes Lightning's per-batch loop itself: per-batch
 hooks (``on_train_batch_start/end`` in callbacks or the module, ``optimizer_step``/``optimizer_zero_grad``
@@ -38,6 +40,7 @@ from lightning_fl.errors import FederatedConfigError
 from lightning_fl.federated.attacks import ModelPoisoning
 from lightning_fl.federated.sampling import client_batches
 from lightning_fl.federated.schedule import ClientJob, RoundPlan
+from lightning_fl.strategies.local_steps import DirectSteps, direct_blocker
 from lightning_fl.strategies.round_data import identity_collate, make_fetch, worker_settings
 
 if TYPE_CHECKING:
@@ -113,16 +116,13 @@ class _Range(Sampler[int]):
         return iter(range(self.n))
 
 
-def round_items(plan: RoundPlan, world_size: int) -> list[Optional[ClientJob]]:
+def round_items(plan: RoundPlan) -> list[Optional[ClientJob]]:
     """This rank's Lightning steps of the round: its clients with work, then padding (``None``).
 
     Every rank runs as many items as the rank with the most sampled clients (a pure function of the plan,
     the same everywhere), so the per-step collectives and the round's end line up across ranks.
     """
-    counts = [0] * max(world_size, 1)
-    for rank in plan.round_owner_ranks:
-        counts[rank] += 1
-    length = max(1, max(counts))
+    length = max(1, plan.most_clients_per_rank)
     jobs: list[Optional[ClientJob]] = [j for j in plan.jobs if j.num_steps > 0]
     return jobs + [None] * (length - len(jobs))
 
@@ -196,6 +196,7 @@ class FastPath:
         self._item_idx = 0
         self._sub = 0
         self._checked_logging = False
+        self._direct: Optional[DirectSteps] = None
 
     def reset(self) -> None:
         """A new fit: decide again."""
@@ -203,6 +204,7 @@ class FastPath:
         self._probed = False
         self._off_reason = None
         self._checked_logging = False
+        self._direct = None
 
     def _not_taken(self, reason: str) -> None:
         self._off_reason = reason
@@ -231,12 +233,19 @@ class FastPath:
             self._probed = True
             return False
         self.active = True
+        if self._direct is None or self._direct.trainer is not trainer:
+            indirect = direct_blocker(strategy, trainer)
+            if indirect is None:
+                self._direct = DirectSteps(strategy, trainer)
+            elif indirect not in self._logged:
+                self._logged.add(indirect)
+                log.info("lightning_fl: fast path: %s, so each local step goes through Lightning's optimizer step", indirect)
         return True
 
     def loader(self, strategy: FedAvgStrategy, loader: DataLoader, partition: Any, batch_size: int, drop_last: bool) -> DataLoader:
         plan = strategy._plan
         assert plan is not None
-        self._items = round_items(plan, strategy.world_size)
+        self._items = round_items(plan)
         dataset = ClientItemDataset(
             loader.dataset,
             loader.collate_fn,
@@ -270,9 +279,15 @@ class FastPath:
         assert self._item is not None
         batch = self._item[self._sub]
         # Epoch-level self.log(...) weighs values by the batch size Lightning reads off the current batch.
-        results = strategy.lightning_module.trainer._results  # type: ignore[union-attr]
+        trainer = strategy.lightning_module.trainer  # type: ignore[union-attr]
+        results = trainer._results
         if results is not None:
             results.batch, results.batch_size = batch, None
+        connector = trainer._logger_connector
+        if self._sub and connector._first_loop_iter is True:
+            # What Lightning's on_batch_start does at the second batch of an epoch: epoch-level values
+            # logged from several hooks are reset only during the epoch's first batch, not its first item.
+            connector._first_loop_iter = False
         return (batch, strategy._step, *args[2:]) if len(args) > 1 else (batch,)
 
     def optimizer_step(
@@ -292,12 +307,17 @@ class FastPath:
                 strategy._padding = strategy._client_failed  # a failed client's remaining steps are padding
             if i:
                 self._advance(trainer, progress, 1)  # Lightning counted this item once; count each local step
-            output = strategy._client_step(optimizer, closure, model, **kwargs)
+            if self._direct is not None:
+                result = self._direct.step(optimizer, strategy._step, keep_result=i == steps - 1, **kwargs)
+            else:
+                output = strategy._client_step(optimizer, closure, model, **kwargs)
         if not self._checked_logging:
             self._checked_logging = True
             reason = step_logging_blocker(trainer)
             if reason is not None and self.mode:
                 raise FederatedConfigError(f"fast_path=True, but {reason}; use fast_path=None or False")
+        if self._direct is not None:
+            closure._result = result  # type: ignore[attr-defined]  # what Lightning's loop consumes after this step
         if job is not None:
             strategy._end_client(plan, job)
         if self._item_idx == len(self._items) - 1:

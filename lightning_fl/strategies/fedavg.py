@@ -62,6 +62,7 @@ from lightning_fl.federated.client_state import ClientStateStore
 from lightning_fl.federated.compression import (
     CompressedUploads,
     Quantize,
+    RoundSum,
     TopK,
     allreduce_bytes,
     client_generator,
@@ -992,9 +993,15 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         total = self._sum
         assert state is not None and total is not None and self._global is not None
         comm_bytes = 0
+        uploads = None
+        if self._uploads is not None:
+            # One collective: the compressed uploads carry the round's bookkeeping sums with them.
+            uploads = self._uploads.exchange(slots=plan.most_clients_per_rank, bookkeeping=total.buffer)
+            comm_bytes += uploads.bytes_sent
         if self.world_size > 1:
-            dist.all_reduce(total.buffer, op=dist.ReduceOp.SUM)
-            comm_bytes += _ring_allreduce_bytes(total.buffer, self.world_size)
+            if uploads is None:
+                dist.all_reduce(total.buffer, op=dist.ReduceOp.SUM)
+                comm_bytes += _ring_allreduce_bytes(total.buffer, self.world_size)
             if self._int_max is not None and self._int_max.numel():
                 dist.all_reduce(self._int_max, op=dist.ReduceOp.MAX)
                 comm_bytes += _ring_allreduce_bytes(self._int_max, self.world_size)
@@ -1002,8 +1009,8 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         accepted = int(total.extra["clients"])
         total_weight = total.total_weight
         self._exchange_bytes = 0
-        average, skipped = self._round_average(plan, total, accepted)
-        comm_bytes += self._exchange_bytes  # compressed uploads or the masked sum, when they travel apart
+        average, skipped = self._round_average(plan, total, accepted, uploads)
+        comm_bytes += self._exchange_bytes  # the masked sum, when it travels apart
         if average is not None:
             self._server_step(average, total_weight)
             assert self._global_ints is not None and self._int_max is not None
@@ -1039,14 +1046,14 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
         for name, value in self.round_stats.items():
             module.log(name, value, on_step=False, on_epoch=True, batch_size=1, prog_bar=name == "fl/clients")
 
-    def _round_average(self, plan: RoundPlan, total: WeightedSum, accepted: int) -> tuple[Optional[torch.Tensor], bool]:
+    def _round_average(
+        self, plan: RoundPlan, total: WeightedSum, accepted: int, uploads: Optional[RoundSum] = None
+    ) -> tuple[Optional[torch.Tensor], bool]:
         """The round's average (of weights or of changes) from the all-reduced sums, or ``None`` to keep the
         global model; every rank reaches the same decision from the same sums."""
         reason = None
         summed: Optional[torch.Tensor] = total.values
-        if self._uploads is not None:
-            uploads = self._uploads.exchange()
-            self._exchange_bytes = uploads.bytes_sent
+        if uploads is not None:
             if uploads.total_weight > 0 and accepted >= self.min_clients:
                 return uploads.values.to(self._global.dtype).div_(uploads.total_weight), False  # type: ignore[union-attr]
         if self._secagg is not None:

@@ -8,17 +8,22 @@ The sum is then the same on every rank and for every number of processes, bit fo
 
 A record is ``[key: int64 | weight: float64 | payload: compressed_nbytes(P) bytes | zero padding]``,
 padded to a multiple of 8 bytes so that every field of every record in the gathered buffer is aligned.
-Two collectives per round:
+Each rank contributes one block, ``[uploads: int64 | rejected: int64 | bookkeeping | slots × record]``,
+and the round moves **one all-gather** of those blocks: ``slots`` is the most clients any rank trains in
+the round, which the round plan already tells every rank, and ``bookkeeping`` is the caller's small
+vector of sums (the round's total weight and client counts), summed over ranks after the gather instead
+of in an all-reduce of its own. Each collective costs fixed framing on the wire (a few hundred bytes of
+TCP/IP and gloo headers and acknowledgements on loopback), which dominates a small top-k payload, so one
+collective instead of three is also what keeps the measured bytes near the logged ones.
 
-1. all-gather of ``[k_r, rejected_r]`` (two int64 per rank), so every rank knows the counts;
-2. all-gather of ``max_r k_r`` record slots per rank (ranks with fewer uploads send zero slots).
+Without ``slots`` (a caller that does not know the plan) a small all-gather of the counts comes first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,7 +31,7 @@ import torch.distributed as dist
 from lightning_fl.federated.compression.base import FLOAT32_BYTES, Compressor
 
 HEADER_NBYTES = 16  # key (int64) and weight (float64)
-COUNTS_NBYTES = 16  # [uploads, rejected] as int64, per rank
+COUNTS_NBYTES = 16  # [uploads, rejected] as int64, at the head of every rank's block
 
 
 def record_nbytes(compressor: Compressor, numel: int) -> int:
@@ -45,15 +50,32 @@ def bytes_sent(payload_bytes_per_rank: int, world_size: int) -> int:
     return max(world_size - 1, 0) * payload_bytes_per_rank
 
 
-def exchange_bytes(max_uploads_per_rank: int, compressor: Compressor, numel: int, world_size: int) -> int:
-    """Bytes one rank sends in :meth:`CompressedUploads.exchange`: the counts, then the padded records.
+def _padded(nbytes: int) -> int:
+    return -(-nbytes // 8) * 8
 
-    Compare with today's uncompressed round, :func:`allreduce_bytes` of P + 2 float32 values.
+
+def block_nbytes(slots: int, compressor: Compressor, numel: int, bookkeeping_nbytes: int = 0) -> int:
+    """Bytes of one rank's block: counts, the bookkeeping sums (padded to 8), ``slots`` records."""
+    return COUNTS_NBYTES + _padded(bookkeeping_nbytes) + slots * record_nbytes(compressor, numel)
+
+
+def exchange_bytes(
+    slots: int,
+    compressor: Compressor,
+    numel: int,
+    world_size: int,
+    bookkeeping_nbytes: int = 0,
+    counts_first: bool = False,
+) -> int:
+    """Bytes one rank sends in :meth:`CompressedUploads.exchange`: one all-gather of the blocks, after
+    an all-gather of the counts when ``slots`` was not given (``counts_first``).
+
+    Compare with the uncompressed round, :func:`allreduce_bytes` of P + the bookkeeping values.
     """
     if world_size <= 1:
         return 0
-    records = max_uploads_per_rank * record_nbytes(compressor, numel)
-    return bytes_sent(COUNTS_NBYTES, world_size) + bytes_sent(records, world_size)
+    sent = bytes_sent(block_nbytes(slots, compressor, numel, bookkeeping_nbytes), world_size)
+    return sent + (bytes_sent(COUNTS_NBYTES, world_size) if counts_first else 0)
 
 
 def allreduce_bytes(numel: int, world_size: int, element_size: int = FLOAT32_BYTES) -> int:
@@ -106,9 +128,15 @@ class CompressedUploads:
         """Count a client of this rank whose update was dropped (it uploads nothing)."""
         self._rejected += 1
 
-    def exchange(self, group: Any = None) -> RoundSum:
-        """Collective: gather every rank's uploads and return their weighted sum (the same on every rank)."""
-        gathered = self.gather(group)
+    def exchange(
+        self, group: Any = None, slots: Optional[int] = None, bookkeeping: Optional[torch.Tensor] = None
+    ) -> RoundSum:
+        """Collective: gather every rank's uploads and return their weighted sum (the same on every rank).
+
+        ``slots``: the most uploads any rank can hold this round (known to every rank from the round plan);
+        ``bookkeeping``: a small tensor summed over ranks in place, in the same collective.
+        """
+        gathered = self.gather(group, slots, bookkeeping)
         return RoundSum(
             values=gathered.weighted_sum(),
             total_weight=sum(gathered.weights),
@@ -117,31 +145,48 @@ class CompressedUploads:
             bytes_sent=gathered.bytes_sent,
         )
 
-    def gather(self, group: Any = None) -> GatheredUploads:
+    def gather(
+        self, group: Any = None, slots: Optional[int] = None, bookkeeping: Optional[torch.Tensor] = None
+    ) -> GatheredUploads:
         """Collective: every rank's uploads, on every rank, in ascending key order (still encoded).
 
-        For rules that need each client's update rather than their sum (robust aggregators)."""
+        For rules that need each client's update rather than their sum (robust aggregators). Arguments as
+        for :meth:`exchange`."""
         world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
         size = self.record_nbytes
         local = (
             torch.stack(self._records) if self._records else torch.zeros(0, size, dtype=torch.uint8, device=self.device)
         )
+        if slots is not None and len(self._records) > slots:  # a caller's bug: refused before any collective
+            raise ValueError(f"CompressedUploads: {len(self._records)} uploads on this rank but only {slots} slots")
         if world == 1:
             return GatheredUploads(self.compressor, self.numel, local, self._rejected, 0)
-        counts_rejected = _all_gather(
-            torch.tensor([len(self._records), self._rejected], dtype=torch.int64, device=self.device), world, group
-        ).view(world, 2)
+        sent = 0
+        if slots is None:
+            counts = _all_gather(torch.tensor([len(self._records)], dtype=torch.int64, device=self.device), world, group)
+            slots = int(counts.max())
+            sent += bytes_sent(COUNTS_NBYTES, world)
+        extra = 0 if bookkeeping is None else bookkeeping.numel() * bookkeeping.element_size()
+        block = torch.zeros(block_nbytes(slots, self.compressor, self.numel, extra), dtype=torch.uint8, device=self.device)
+        block[:COUNTS_NBYTES] = torch.tensor([len(self._records), self._rejected], dtype=torch.int64).view(torch.uint8)
+        if bookkeeping is not None:
+            block[COUNTS_NBYTES : COUNTS_NBYTES + extra] = bookkeeping.detach().contiguous().view(-1).view(torch.uint8)
+        start = COUNTS_NBYTES + _padded(extra)
+        block[start : start + len(local) * size] = local.view(-1)
+        gathered = _all_gather(block, world, group).view(world, -1)
+        sent += bytes_sent(block.numel(), world)
+        counts_rejected = gathered[:, :COUNTS_NBYTES].contiguous().view(torch.int64)  # [world, 2]
         counts = counts_rejected[:, 0].tolist()
         rejected = int(counts_rejected[:, 1].sum())
-        slots = max(counts)
-        sent = bytes_sent(COUNTS_NBYTES, world)
-        if slots == 0:
-            return GatheredUploads(self.compressor, self.numel, local, rejected, sent)
-        padded = torch.zeros(slots, size, dtype=torch.uint8, device=self.device)
-        padded[: len(local)] = local
-        gathered = _all_gather(padded.view(-1), world, group).view(world, slots, size)
-        sent += bytes_sent(slots * size, world)
-        records = torch.cat([gathered[r, : counts[r]] for r in range(world)])
+        if bookkeeping is not None:
+            # Summed in rank order: the same result on every rank.
+            parts = gathered[:, COUNTS_NBYTES : COUNTS_NBYTES + extra].contiguous().view(bookkeeping.dtype)
+            total = parts[0].clone()
+            for part in parts[1:]:
+                total += part
+            bookkeeping.copy_(total.view_as(bookkeeping))
+        slots_of = gathered[:, start:].reshape(world, slots, size)
+        records = torch.cat([slots_of[r, : counts[r]] for r in range(world)])
         return GatheredUploads(self.compressor, self.numel, records, rejected, sent)
 
 
