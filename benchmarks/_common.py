@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
@@ -103,10 +103,12 @@ def _read_npz_rows(path: Path, key: str, rows: int) -> np.ndarray:
         return np.frombuffer(buf, dtype=dtype).reshape((rows, *shape[1:])).copy()
 
 
-def make_minimal_module(lr: float) -> Any:
+def make_minimal_module(lr: float, linear: bool = False) -> Any:
     """A LightningModule that is McMahanCNN + cross-entropy + SGD and nothing else (no metrics, no logging).
 
     It does exactly what the plain loop does per step, so any time difference is framework overhead.
+    ``linear``: ``Flatten + Linear(784, 10)`` instead of the CNN, so a step computes almost nothing and
+    the framework's own cost per step is what remains.
     """
     import lightning as L
 
@@ -115,7 +117,7 @@ def make_minimal_module(lr: float) -> Any:
     class MinimalCNN(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.net = McMahanCNN(1, 10, 28)
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)) if linear else McMahanCNN(1, 10, 28)
 
         def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
             x, y = batch

@@ -117,26 +117,19 @@ class TurnTimer(Callback):
         self.mark, self.cpu_mark = time.perf_counter(), time.thread_time()
 
 
-def interleave_fits(
+def take_turns(
     names: Sequence[str],
-    make_strategy: Callable[[str, str], FedAvgStrategy],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    batch_size: int,
+    fit_one: Callable[[int, TurnTimer, str], L.Trainer],
     rounds: int,
-    lr: float,
-    seed: int,
+    *,
     verbose: bool,
     timer: Callable[..., TurnTimer] = TurnTimer,
-) -> tuple[list[TurnTimer], list[torch.nn.Module], list[Optional[L.Trainer]]]:
-    """One fit per variant on the same data and initial weights, one round at a time in a rotating order
-    (A B C, B C A, C A B, ...), so machine noise hits every variant alike. ``make_strategy(name, state_dir)``
-    builds a variant's strategy. Returns the timers, trained modules and trainers; a failed fit ends the run
-    with its traceback."""
-    torch.manual_seed(seed)
-    first = make_minimal_module(lr)
-    modules = [first] + [copy.deepcopy(first) for _ in names[1:]]  # same initial weights
+) -> tuple[list[TurnTimer], list[L.Trainer]]:
+    """Run one ``Trainer.fit`` per variant, each in its own thread, one round at a time in a rotating order
+    (A B C, B C A, C A B, ...), so machine noise hits every variant alike. ``fit_one(i, timer, state_dir)``
+    builds and runs variant i's fit with ``timer`` among its callbacks (``state_dir``: a fresh directory for
+    its per-client state or files). Returns the timers and trainers; a failed fit ends the run with its
+    traceback."""
     n = len(names)
     turns = Turns([(r + i) % n for r in range(rounds) for i in range(n)])
     timers = [timer(turns, i, name, verbose=verbose) for i, name in enumerate(names)]
@@ -148,13 +141,7 @@ def interleave_fits(
         turns.wait(i)
         try:
             timers[i].mark, timers[i].cpu_mark = time.perf_counter(), time.thread_time()
-            strategy = make_strategy(names[i], str(Path(state_root.name) / names[i]))
-            trainers[i] = bench_trainer(
-                strategy=strategy, devices=1, max_epochs=rounds, limit_val_batches=0, callbacks=[timers[i]]
-            )
-            # The strategy replaces the sampler; shuffle=True is what a user would write.
-            loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
-            trainers[i].fit(modules[i], train_dataloaders=loader)
+            trainers[i] = fit_one(i, timers[i], str(Path(state_root.name) / names[i]))
         except BaseException:
             errors[names[i]] = traceback.format_exc()
         finally:
@@ -169,6 +156,38 @@ def interleave_fits(
     if errors:
         name, tb = next(iter(errors.items()))
         sys.exit(f"error: the {name} fit failed:\n{tb}")
+    return timers, trainers  # type: ignore[return-value]
+
+
+def interleave_fits(
+    names: Sequence[str],
+    make_strategy: Callable[[str, str], FedAvgStrategy],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    rounds: int,
+    lr: float,
+    seed: int,
+    verbose: bool,
+    timer: Callable[..., TurnTimer] = TurnTimer,
+) -> tuple[list[TurnTimer], list[torch.nn.Module], list[L.Trainer]]:
+    """:func:`take_turns` with the minimal module (same initial weights for every variant) on ``(x, y)``;
+    ``make_strategy(name, state_dir)`` builds a variant's strategy. Returns timers, modules, trainers."""
+    torch.manual_seed(seed)
+    first = make_minimal_module(lr)
+    modules = [first] + [copy.deepcopy(first) for _ in names[1:]]  # same initial weights
+
+    def fit_one(i: int, turn_timer: TurnTimer, state_dir: str) -> L.Trainer:
+        trainer = bench_trainer(
+            strategy=make_strategy(names[i], state_dir), devices=1, max_epochs=rounds, limit_val_batches=0,
+            callbacks=[turn_timer],
+        )  # fmt: skip
+        # The strategy replaces the sampler; shuffle=True is what a user would write.
+        trainer.fit(modules[i], train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True))
+        return trainer
+
+    timers, trainers = take_turns(names, fit_one, rounds, verbose=verbose, timer=timer)
     return timers, modules, trainers
 
 

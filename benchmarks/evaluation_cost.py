@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import threading
-import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,11 +30,10 @@ from _common import (  # noqa: E402
     check_data,
     format_table,
     median,
-    no_worker_warning,
     save_figure,
     write_json,
 )
-from algorithm_cost import Turns, TurnTimer, paired_ratios  # noqa: E402
+from algorithm_cost import TurnTimer, paired_ratios, take_turns  # noqa: E402
 from mcmahan_table2 import load_data  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -55,43 +51,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     first = ImageClassifier(arch="mcmahan_cnn", in_shape=(1, 28, 28), lr=args.lr, momentum=0.0)
     modules = [first, ImageClassifier(arch="mcmahan_cnn", in_shape=(1, 28, 28), lr=args.lr, momentum=0.0)]
     modules[1].load_state_dict(first.state_dict())
-    turns = Turns([(r + i) % 2 for r in range(rounds) for i in range(2)])
-    timers = [TurnTimer(turns, i, name, verbose=not args.quiet) for i, name in enumerate(VARIANTS)]
-    trainers: list[Optional[L.Trainer]] = [None, None]
-    errors: dict[str, str] = {}
-    root = tempfile.TemporaryDirectory(prefix="evaluation-cost-")
 
-    def fit(i: int) -> None:
-        turns.wait(i)
-        try:
-            import time
+    def fit_one(i: int, timer: TurnTimer, files_dir: str) -> L.Trainer:
+        strategy = FedAvgStrategy(
+            num_clients=args.clients, clients_per_round=args.per_round, partition="iid", seed=args.seed,
+            eval_fraction=args.eval_fraction, eval_every=1 if i == 1 else rounds + 1,
+        )  # fmt: skip
+        trainer = bench_trainer(strategy=strategy, devices=1, max_epochs=rounds, callbacks=[timer],
+                                default_root_dir=files_dir)  # client_metrics.csv: not in the checkout
+        trainer.fit(
+            modules[i],
+            train_dataloaders=DataLoader(train, batch_size=args.batch_size, shuffle=True),
+            val_dataloaders=DataLoader(val, batch_size=1000),
+        )
+        return trainer
 
-            timers[i].mark, timers[i].cpu_mark = time.perf_counter(), time.thread_time()
-            strategy = FedAvgStrategy(
-                num_clients=args.clients, clients_per_round=args.per_round, partition="iid", seed=args.seed,
-                eval_fraction=args.eval_fraction, eval_every=1 if i == 1 else rounds + 1,
-            )  # fmt: skip
-            trainers[i] = bench_trainer(strategy=strategy, devices=1, max_epochs=rounds, callbacks=[timers[i]],
-                                        default_root_dir=root.name)  # client_metrics.csv: not in the checkout
-            trainers[i].fit(
-                modules[i],
-                train_dataloaders=DataLoader(train, batch_size=args.batch_size, shuffle=True),
-                val_dataloaders=DataLoader(val, batch_size=1000),
-            )
-        except BaseException:
-            errors[VARIANTS[i]] = traceback.format_exc()
-        finally:
-            turns.release(i, stop=True)
-
-    with no_worker_warning(), root:
-        threads = [threading.Thread(target=fit, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        name, tb = next(iter(errors.items()))
-        sys.exit(f"error: the {name} fit failed:\n{tb}")
+    timers, trainers = take_turns(VARIANTS, fit_one, rounds, verbose=not args.quiet)
     for timer in timers:  # drop the last round (the central variant evaluates federatedly there too)
         timer.seconds, timer.cpu_seconds = timer.seconds[:-1], timer.cpu_seconds[:-1]
     paired = paired_ratios(timers)

@@ -171,6 +171,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="minimal: CNN+CE+SGD only (pure overhead); classifier: ImageClassifier (adds metrics and logging)",
     )
     p.add_argument(
+        "--net",
+        choices=("cnn", "linear"),
+        default="cnn",
+        help="minimal module's network: McMahan's CNN, or Flatten + Linear (almost no compute: the framework's own cost)",
+    )
+    p.add_argument(
         "--fast-path",
         choices=("auto", "on", "off"),
         default="auto",
@@ -181,6 +187,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.samples_per_client, args.per_round, args.rounds = 20, 30, 4, 2
+    if args.net != "cnn" and args.module != "minimal":
+        p.error("--net linear needs --module minimal")
     if args.rounds < 1 or args.per_round > args.clients or args.clients * args.samples_per_client > 60_000:
         p.error("need --rounds >= 1, --per-round <= --clients and --clients x --samples-per-client <= 60000")
     return args
@@ -190,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x, y = load_mnist_train(args.data, args.synthetic, args.clients * args.samples_per_client, args.seed)
     torch.manual_seed(args.seed)
     if args.module == "minimal":
-        module = make_minimal_module(args.lr)
+        module = make_minimal_module(args.lr, linear=args.net == "linear")
     else:
         module = ImageClassifier(arch="mcmahan_cnn", in_shape=(1, 28, 28), lr=args.lr)
     # Same initial weights, own copy: the plain loop never touches the Lightning module.
@@ -234,6 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "lr": args.lr,
             "module": args.module,
+            "net": args.net,
             "fast_path": args.fast_path,
             "seed": args.seed,
             "synthetic": bool(args.synthetic),

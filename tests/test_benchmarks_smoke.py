@@ -20,9 +20,9 @@ from fl_testing import check_png
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, out: Path) -> dict[str, Any]:
+def _run(script: str, out: Path, *extra: str) -> dict[str, Any]:
     png = out.with_suffix(".png")
-    cmd = [sys.executable, f"benchmarks/{script}", "--quick", "--synthetic", "--threads", "1", "--json", str(out)]
+    cmd = [sys.executable, f"benchmarks/{script}", "--quick", "--synthetic", "--threads", "1", "--json", str(out), *extra]
     proc = subprocess.run([*cmd, "--png", str(png)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "PASS" in proc.stdout or "MISS" in proc.stdout, proc.stdout  # the final table was printed
@@ -34,12 +34,14 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def test_overhead_quick(tmp_path: Path) -> None:
-    result = _run("overhead.py", tmp_path / "overhead.json")
-    for key in ("median_lightning_s", "median_plain_s", "median_ratio", "target_ratio", "rounds"):
+@pytest.mark.parametrize("net", ["cnn", "linear"])
+def test_overhead_quick(tmp_path: Path, net: str) -> None:
+    result = _run("overhead.py", tmp_path / "overhead.json", "--net", net)
+    assert result["config"]["net"] == net
+    for key in ("median_lightning_s", "median_plain_s", "median_ratio", "median_cpu_ratio", "target_ratio", "rounds"):
         assert _positive(result[key]), (key, result[key])
     assert result["rounds"] == 2
-    for key in ("lightning_s_per_round", "plain_s_per_round", "ratio_per_round"):
+    for key in ("lightning_s_per_round", "plain_s_per_round", "ratio_per_round", "cpu_ratio_per_round"):
         assert len(result[key]) == 2 and all(_positive(v) for v in result[key]), (key, result[key])
     assert isinstance(result["passed"], bool)
     # Both sides did the same work: same clients, batches and seeds give the same global model.

@@ -50,6 +50,28 @@ def test_compression_accuracy_quick(tmp_path: Path) -> None:
     assert result["passed"] == rows["q8"]["passed"]
 
 
+def test_compression_accuracy_merges_runs_made_separately(tmp_path: Path) -> None:
+    """--from-json: variants run in two commands give the table of one run, ``none`` kept once."""
+    base = [sys.executable, "benchmarks/compression_accuracy.py", "--quick", "--synthetic", "--threads", "1"]
+    for name, variants in (("a", "none,q8"), ("b", "none,topk1%")):
+        proc = subprocess.run([*base, "--variants", variants, "--json", str(tmp_path / f"{name}.json")], cwd=REPO_ROOT,
+                              env=launch_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    separate = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab"}
+    merged_path = tmp_path / "merged.json"
+    proc = subprocess.run([sys.executable, "benchmarks/compression_accuracy.py", "--from-json", str(tmp_path / "a.json"),
+                           str(tmp_path / "b.json"), "--json", str(merged_path)], cwd=REPO_ROOT, env=launch_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = json.loads(merged_path.read_text())
+    assert [(r["variant"]) for r in merged["runs"]] == ["none", "q8", "topk1%"]
+    rows = {r["variant"]: r for r in merged["summary"]}
+    for name, variant in (("a", "q8"), ("b", "topk1%")):
+        alone = {r["variant"]: r for r in separate[name]["summary"]}[variant]
+        assert rows[variant]["mean_gap_points"] == alone["mean_gap_points"]
+    assert list(merged["config"]["variants"]) == ["none", "q8", "topk1%"]
+
+
 def test_compression_cost_quick(tmp_path: Path) -> None:
     result, _ = _run("compression_cost.py", tmp_path / "cost.json")
     assert result["benchmark"] == "compression_cost" and result["rounds"] == 1

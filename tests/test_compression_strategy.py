@@ -12,11 +12,15 @@ from test_robust_strategy import MODULE, SETTINGS, apply, round_zero_updates
 from fl_testing import TinyData, fit_in_process, float_state, max_abs_diff, net_state, run_script, seeded_module
 from lightning_fl import (
     CentralDP,
+    FedAdam,
+    FedAvgM,
     FedAvgStrategy,
     FederatedConfigError,
+    FedNova,
     FedProx,
     Median,
     Quantize,
+    Scaffold,
     SecureAggregation,
     TopK,
 )
@@ -35,6 +39,22 @@ def test_top_k_with_every_entry_is_fedavg():
     for feedback in (True, False):
         got, _ = fit(rounds=2, compression=TopK(fraction=1.0, error_feedback=feedback))
         assert max_abs_diff(got, plain) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [dict(client_algorithm=Scaffold(), server_optimizer=FedAdam(lr=0.05)), dict(client_algorithm=FedNova(),
+                                                                               server_optimizer=FedAvgM(lr=1.0, momentum=0.9))],
+    ids=["scaffold+fedadam", "fednova+fedavgm"],
+)
+def test_composes_with_client_algorithms_and_server_optimizers(parts):
+    """Compression sits between the client algorithm's update and the server optimizer: with every entry
+    sent, the composed run is the uncompressed one; 8-bit stays within its quantization error of it."""
+    plain, _ = fit(rounds=3, **parts)
+    exact, _ = fit(rounds=3, compression=TopK(fraction=1.0), **parts)
+    assert max_abs_diff(exact, plain) <= 1e-6
+    quantized, _ = fit(rounds=3, compression=Quantize(bits=8), **parts)
+    assert 0 < max_abs_diff(quantized, plain) <= 0.02
 
 
 @pytest.mark.parametrize("compressor", [TopK(fraction=0.1), Quantize(bits=8, block_size=64)], ids=["topk", "q8"])

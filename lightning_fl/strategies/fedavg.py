@@ -970,6 +970,7 @@ class FedAvgStrategy(UnwrappedDDPStrategy):
                 store.save(client_id, residual)
             # The key orders the decoded sum: the client's place in the round's sample, whatever the rank.
             self._uploads.add(plan.round_client_ids.index(client_id), weight, payload)
+            total.add_weight_(weight)  # Σ w for the parts that read it (FedNova's τ_eff)
         elif self._secagg is not None:
             # Integer weights inside the masked sum: samples (or 1 under DP); the update is pre-weighted.
             plan = self._plan
