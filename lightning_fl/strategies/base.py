@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 from datetime import timedelta
 from typing import Any, Optional
 
@@ -100,6 +101,12 @@ class UnwrappedDDPStrategy(DDPStrategy):
         super().setup_distributed()
 
     def on_exception(self, exception: BaseException) -> None:
+        # Said now, before the cleanup: when one process dies, Lightning's launcher kills the others within
+        # about 5 s, which can be before this process's traceback is printed (cleanup may wait on peers).
+        if self.world_size > 1 and not isinstance(exception, KeyboardInterrupt):
+            message = " ".join(str(exception).split())
+            sys.stderr.write(f"[rank {self.global_rank}] lightning_fl: {type(exception).__name__}: {message}\n")
+            sys.stderr.flush()
         super().on_exception(exception)
         self._failed = True
 
