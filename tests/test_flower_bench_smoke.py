@@ -24,36 +24,25 @@ def _has_flower() -> bool:
     return importlib.util.find_spec("flwr") is not None and importlib.util.find_spec("ray") is not None
 
 
-def test_compare_quick_synthetic(tmp_path: Path) -> None:
-    frameworks = ["lightning_fl", "plain"] + (["flower"] if _has_flower() else [])
+def _compare(tmp_path: Path, frameworks: str, workloads: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """compare.py --quick --synthetic with the workers on this interpreter; its result and JSON payload."""
     out = tmp_path / "compare.json"
-    cmd = [
-        sys.executable,
-        str(SCRIPT),
-        "--quick",
-        "--synthetic",
-        "--warmup",
-        "0",
-        "--frameworks",
-        ",".join(frameworks),
-        "--workloads",
-        "mnist_e1,cross_device",
-        "--python",
-        sys.executable,
-        "--logdir",
-        str(tmp_path / "logs"),
-        "--json",
-        str(out),
-        "--png",
-        str(tmp_path / "compare.png"),
-    ]
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--synthetic", "--frameworks", frameworks, "--workloads", workloads,
+           "--python", sys.executable, "--logdir", str(tmp_path / "logs"), "--json", str(out), *extra]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res, json.loads(out.read_text())
+
+
+def test_compare_quick_synthetic(tmp_path: Path) -> None:
+    frameworks = ["lightning_fl", "plain"] + (["flower"] if _has_flower() else [])
+    res, payload = _compare(
+        tmp_path, ",".join(frameworks), "mnist_e1,cross_device", "--warmup", "0", "--png", str(tmp_path / "compare.png")
+    )
     check_png(tmp_path / "compare.png", res.stdout)
     # The table comes last.
     assert "framework" in res.stdout and res.stdout.rstrip().splitlines()[-1].split()[0] in frameworks
 
-    payload = json.loads(out.read_text())
     rows = {(r["framework"], r["workload"]): r for r in payload["rows"]}
     assert set(rows) == {(f, w) for f in frameworks for w in ("mnist_e1", "cross_device")}
     for row in rows.values():
@@ -83,32 +72,9 @@ def test_compare_quick_pfl_same_work(tmp_path: Path) -> None:
     pfl_python = _pfl_python()
     if pfl_python is None:
         pytest.skip("pfl not installed (benchmarks/flower/setup_pfl_env.sh builds its venv)")
-    out = tmp_path / "compare.json"
-    cmd = [
-        sys.executable,
-        str(SCRIPT),
-        "--quick",
-        "--synthetic",
-        "--warmup",
-        "1",
-        "--repeat",
-        "2",
-        "--frameworks",
-        "plain,pfl",
-        "--workloads",
-        "cross_device,mnist_e5",
-        "--python",
-        sys.executable,
-        "--pfl-python",
-        pfl_python,
-        "--logdir",
-        str(tmp_path / "logs"),
-        "--json",
-        str(out),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    payload = json.loads(out.read_text())
+    _, payload = _compare(
+        tmp_path, "plain,pfl", "cross_device,mnist_e5", "--warmup", "1", "--repeat", "2", "--pfl-python", pfl_python
+    )
     assert len(payload["runs"]) == 2 * 2 * 2
     rows = {(r["framework"], r["workload"]): r for r in payload["rows"]}
     for row in rows.values():
